@@ -93,6 +93,36 @@ class Store:
     def done(self, stage: str, key: str) -> bool:
         return (self.path(stage, key) / "DONE").exists()
 
+    @contextmanager
+    def lock(self, stage: str, key: str, *, on_wait=None) -> Iterator[None]:
+        """Hold the job's lock: one process at a time runs a job, across processes and (on a
+        shared filesystem with working `flock`) across nodes. The lock is an OS file lock, so a
+        holder that dies (even by `kill -9`) releases it: there are no stale locks to break.
+        `on_wait()` is called once if another process holds it."""
+        from filelock import FileLock, Timeout
+
+        path = self.root / stage / f".{key}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lk = FileLock(str(path))
+        try:
+            lk.acquire(timeout=0)
+        except Timeout:
+            if on_wait is not None:
+                on_wait()
+            lk.acquire()
+        try:
+            yield
+        finally:
+            lk.release()
+
+    def clean_stale(self, stage: str, key: str) -> int:
+        """Remove temp dirs a killed run left for this job (call while holding its lock)."""
+        n = 0
+        for tmp in (self.root / stage).glob(f".{key}.*.tmp"):
+            shutil.rmtree(tmp, ignore_errors=True)
+            n += 1
+        return n
+
     def work(self, stage: str, key: str) -> Path:
         p = self.root / stage / f"{key}.work"
         p.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ flight — and a training job resumes from its last checkpoint.
 """
 from __future__ import annotations
 
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ class Outcome:
     seconds: float = 0.0
     info: dict = field(default_factory=dict)
     cause: str | None = None
+    user_error: bool = False  # failed on the user's input (a CotError: bad data, bad file), not a crash
 
 
 def _cause(exc: BaseException) -> str:
@@ -41,45 +43,41 @@ def _cause(exc: BaseException) -> str:
 
 
 def execute(plan: Plan, store: Store, *, run_dir: Path, console: Console | None = None) -> dict[str, Outcome]:
-    """Run every job of `plan` not already in `store`. Returns job id -> Outcome."""
-    from .jobs.stages import RUNNERS, Ctx
+    """Run every job of `plan` not already in `store`. Returns job id -> Outcome.
+
+    Each job runs under its store lock, so a second `cotdsl run` on the same cache waits for a
+    job the first is running and then reuses its result instead of computing it again."""
+    from rich.markup import escape
+
+    from .jobs.stages import Ctx
 
     console = console or Console(stderr=True)
     outcomes: dict[str, Outcome] = {}
-    (run_dir / "failures").mkdir(parents=True, exist_ok=True)
+    failures = run_dir / "failures"
+    shutil.rmtree(failures, ignore_errors=True)  # the run folder shows this run's state only
+    failures.mkdir(parents=True, exist_ok=True)
     columns = (SpinnerColumn(), TextColumn("{task.description}", style="bold"), BarColumn(),
                MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=False, refresh_per_second=4) as prog:
-        overall = prog.add_task(f"{plan.experiment.name}: jobs", total=len(plan.jobs))
+        overall = prog.add_task(escape(f"{plan.experiment.name}: jobs"), total=len(plan.jobs))
         ctx = Ctx(store=store, plan=plan)
         for job in plan.jobs:
             bad = [d for d in job.deps if outcomes.get(d) and outcomes[d].status in ("failed", "skipped")]
             if bad:
-                outcomes[job.id] = Outcome("skipped", cause=f"needs {bad[0]}, which did not finish")
+                up = outcomes[bad[0]]
+                root = up.cause if up.status == "skipped" else f"{plan.get(bad[0]).label} failed: {up.cause}"
+                outcomes[job.id] = Outcome("skipped", cause=root)
             elif store.done(job.stage, job.key):
                 outcomes[job.id] = Outcome("cached")
             else:
-                task = prog.add_task(job.label, total=None)
-                ctx.progress = lambda jid, i, n, _t=task: prog.update(_t, completed=i, total=n)
-                t0 = time.perf_counter()
-                try:
-                    with store.writing(job.stage, job.key) as out:
-                        info = RUNNERS[job.stage](job, ctx, out) or {}
-                        atomic_write_json(out / "job.json", {"label": job.label, "info": info,
-                                                             "seconds": time.perf_counter() - t0})
-                    outcomes[job.id] = Outcome("ran", time.perf_counter() - t0, info)
-                    shown = ", ".join(f"{k} {v}" for k, v in info.items())
-                    prog.console.print(f"[green]✓[/] {job.label} [dim]({time.perf_counter() - t0:.1f} s"
-                                       f"{'; ' + shown if shown else ''})[/]")
-                except KeyboardInterrupt:
-                    raise
-                except BaseException as exc:  # noqa: BLE001 - one job's failure must not stop the others
-                    cause = _cause(exc)
-                    safe = job.id.replace("/", "-")
-                    (run_dir / "failures" / f"{safe}.txt").write_text(
-                        f"{job.label}\n{cause}\n\n{traceback.format_exc()}")
-                    outcomes[job.id] = Outcome("failed", time.perf_counter() - t0, cause=cause)
-                    prog.console.print(f"[red]✗[/] {job.label}: {cause}")
+                task = prog.add_task(escape(job.label), total=None)
+                waiting = lambda: prog.update(task, description=escape(f"{job.label} (waiting: another run has it)"))  # noqa: E731
+                with store.lock(job.stage, job.key, on_wait=waiting):
+                    if store.done(job.stage, job.key):  # another process finished it meanwhile
+                        outcomes[job.id] = Outcome("cached")
+                    else:
+                        store.clean_stale(job.stage, job.key)
+                        outcomes[job.id] = _run_one(job, ctx, store, prog, task, failures, escape)
                 prog.remove_task(task)
             prog.advance(overall)
     atomic_write_json(run_dir / "jobs.json", {
@@ -87,6 +85,32 @@ def execute(plan: Plan, store: Store, *, run_dir: Path, console: Console | None 
                "seconds": round(outcomes[j.id].seconds, 2), "cause": outcomes[j.id].cause,
                "info": outcomes[j.id].info} for j in plan.jobs})
     return outcomes
+
+
+def _run_one(job, ctx, store: Store, prog, task, failures: Path, escape) -> Outcome:
+    from .jobs.stages import RUNNERS
+
+    ctx.progress = lambda jid, i, n, _t=task: prog.update(_t, completed=i, total=n)
+    t0 = time.perf_counter()
+    try:
+        with store.writing(job.stage, job.key) as out:
+            info = RUNNERS[job.stage](job, ctx, out) or {}
+            atomic_write_json(out / "job.json", {"label": job.label, "info": info,
+                                                 "seconds": time.perf_counter() - t0})
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - one job's failure must not stop the others
+        cause = _cause(exc)
+        safe = job.id.replace("/", "-")
+        (failures / f"{safe}.txt").write_text(f"{job.label}\n{cause}\n\n{traceback.format_exc()}")
+        prog.console.print(f"[red]✗[/] {escape(job.label)}: {escape(cause)}")
+        from .errors import CotError
+
+        return Outcome("failed", time.perf_counter() - t0, cause=cause, user_error=isinstance(exc, CotError))
+    dt = time.perf_counter() - t0
+    shown = ", ".join(f"{k} {v}" for k, v in info.items())
+    prog.console.print(f"[green]✓[/] {escape(job.label)} [dim]({dt:.1f} s{'; ' + escape(shown) if shown else ''})[/]")
+    return Outcome("ran", dt, info)
 
 
 def environment() -> dict:

@@ -13,6 +13,7 @@ import importlib.metadata
 import math
 import random
 import string
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -266,7 +267,10 @@ def load_plugins(names: Sequence[str] = (), *, entry_points: bool = True) -> lis
     before = set(REGISTRY)
     for name in names:
         try:
-            importlib.import_module(name)
+            # Re-import a module loaded earlier in this process (a notebook, a test): the render
+            # key hashes the plugin's file as it is now, so the code that runs must be that too.
+            mod = sys.modules.get(name)
+            importlib.reload(mod) if mod is not None else importlib.import_module(name)
         except Exception as e:  # any failure inside the plugin is the plugin's, not ours
             raise _plugin_error(f"plugin {name!r} failed to import: {type(e).__name__}: {e}",
                                 hint="is the module on PYTHONPATH and free of errors?") from e

@@ -61,6 +61,23 @@ def ig_needed(cond: Condition) -> bool:
     return any(True for _ in ig_calls(cond))
 
 
+def perturbation_versions(cond: Condition) -> dict[str, str]:
+    """Code version of every perturbation a condition calls that lives outside cotdsl (a plugin
+    module or an entry point): editing a plugin re-renders the conditions that use it. Built-ins
+    are covered by the render stage's own version."""
+    from . import perturb
+    from .cache import code_version
+
+    out = {}
+    for t in cond.tasks:
+        for s in t.segments:
+            for c in _calls(s):
+                p = perturb.REGISTRY.get(c.fn)
+                if p is not None and getattr(p.fn, "__module__", None) != perturb.__name__:
+                    out[c.fn] = code_version(p.fn)
+    return out
+
+
 def scorer_of(cond: Condition) -> str | None:
     """The IG scorer a condition's key tokens come from: "student", "teacher" or a condition name."""
     return next((c.kw("scorer", "student") or "student" for c in ig_calls(cond)), None)
@@ -145,7 +162,8 @@ def make_plan(exp: Experiment, *, limit: int | None = None, only: dict[str, list
                             deferred.append(ranks[rk])
                         rank = ranks[rk]
                     deps = (t.id,) + ((rank.id,) if rank is not None else ())
-                    r = Job("render", stable_hash([cond.tasks, stu, seed, exp.train.max_len, deps, v["render"]]),
+                    r = Job("render", stable_hash([cond.tasks, stu, seed, exp.train.max_len, deps, v["render"],
+                                                  perturbation_versions(cond)]),
                             deps, f"render {name}",
                             {"condition": cond, "student": stu, "seed": seed, "teacher": t.id, "source": src,
                              "rank": rank.id if rank is not None else None})

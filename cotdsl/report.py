@@ -16,7 +16,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from .cache import Store, atomic_write_parquet
+from .cache import Store, atomic_write_json, atomic_write_parquet
 from .plan import Plan, is_baseline
 
 KEYS = ["condition", "student", "data"]
@@ -42,13 +42,21 @@ def collect(plan: Plan, store: Store, outcomes: dict, run_dir: Path) -> None:
         (frames if job.stage == "eval" else lens_frames).append(df)
     results = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     atomic_write_parquet(run_dir / "results.parquet", results)
+    (run_dir / "lens.parquet").unlink(missing_ok=True)  # never a previous run's layers
     if lens_frames:
         atomic_write_parquet(run_dir / "lens.parquet", pl.concat(lens_frames, how="diagonal_relaxed"))
-    failed = {}  # (condition, student, data) -> evaluations that did not finish (one per seed)
+    coverage = []  # how many test examples each probe could read the label of
+    for job in plan.by_stage("probe"):
+        if store.done("probe", job.key):
+            info = json.loads((store.path("probe", job.key) / "job.json").read_text())["info"]
+            coverage.append({**_job_cols(job, exp.name), "probed": info.get("examples"), "of": info.get("of")})
+    atomic_write_json(run_dir / "probe_coverage.json", coverage)
+    failed = {}  # (condition, student, data) -> (evaluations that did not finish, first cause)
     for job in plan.jobs:
         if job.stage == "eval" and outcomes.get(job.id) and outcomes[job.id].status in ("failed", "skipped"):
             k = tuple(_job_cols(job, exp.name)[c] for c in KEYS)
-            failed[k] = failed.get(k, 0) + 1
+            n, cause = failed.get(k, (0, outcomes[job.id].cause))
+            failed[k] = (n + 1, cause)
     ig = [j for j in plan.by_stage("rank") if store.done("rank", j.key)]
     if ig:  # key-token attributions: keep the first scorer's figure and numbers with the run
         import shutil
@@ -61,20 +69,33 @@ def collect(plan: Plan, store: Store, outcomes: dict, run_dir: Path) -> None:
     atomic_write_parquet(run_dir / "summary.parquet", summarize(results, baseline, failed, exp))
 
 
+# One schema for summary.parquet, whatever finished: a run whose every job failed still gets a
+# readable table (rows with acc null and the cause), never a missing column.
+SUMMARY_SCHEMA = {"condition": pl.Utf8, "student": pl.Utf8, "data": pl.Utf8, "family": pl.Utf8,
+                  "params": pl.Utf8, "seeds": pl.Int64, "n": pl.Int64, "acc": pl.Float64,
+                  "acc_std": pl.Float64, "acc_norm": pl.Float64, "unparseable": pl.Int64,
+                  "failed": pl.Int64, "cause": pl.Utf8, "delta": pl.Float64, "delta_lo": pl.Float64,
+                  "delta_hi": pl.Float64}
+
+
 def summarize(results: pl.DataFrame, baseline: str | None, failed: dict, exp) -> pl.DataFrame:
+    """One row per condition x student x data. `failed` maps such a key to (evaluations that did
+    not finish, the first one's cause). acc_std is null with a single seed (undefined)."""
     from .jobs.evaluate import paired_bootstrap
 
     rows = []
     order = {c.name: i for i, c in enumerate(exp.conditions)}
+    failed = dict(failed)
     groups = results.partition_by(KEYS, as_dict=True) if len(results) else {}
     for key, g in groups.items():
         per_seed = g.group_by("seed").agg(pl.col("correct").mean().alias("acc"),
                                           pl.col("correct_norm").mean().alias("acc_norm"))
+        n_failed, cause = failed.pop(key, (0, None))
         row = dict(zip(KEYS, key))
         row.update(family=g["family"][0], params=g["params"][0], seeds=len(per_seed),
-                   n=len(g), acc=per_seed["acc"].mean(), acc_std=per_seed["acc"].std(ddof=1) if len(per_seed) > 1 else 0.0,
+                   n=len(g), acc=per_seed["acc"].mean(), acc_std=per_seed["acc"].std(ddof=1) if len(per_seed) > 1 else None,
                    acc_norm=per_seed["acc_norm"].mean(), unparseable=int(g["unparseable"].sum()),
-                   failed=failed.pop(key, 0), delta=None, delta_lo=None, delta_hi=None)
+                   failed=n_failed, cause=cause, delta=None, delta_lo=None, delta_hi=None)
         base_key = (baseline, key[1], key[2])
         if baseline is not None and key[0] != baseline and base_key in groups:
             b = groups[base_key].select("seed", "ex_id", pl.col("correct").alias("base"))
@@ -83,11 +104,12 @@ def summarize(results: pl.DataFrame, baseline: str | None, failed: dict, exp) ->
                 d, lo, hi = paired_bootstrap(pair["correct"].to_numpy(), pair["base"].to_numpy(), seed=0)
                 row.update(delta=float(d), delta_lo=float(lo), delta_hi=float(hi))
         rows.append(row)
-    for key, n in failed.items():  # conditions none of whose jobs finished
-        rows.append({**dict(zip(KEYS, key)), "failed": n})
-    if not rows:
-        return pl.DataFrame()
-    df = pl.DataFrame(rows, infer_schema_length=None)
+    cond = {c.name: c for c in exp.conditions}
+    for key, (n, cause) in failed.items():  # conditions none of whose evaluations finished
+        c = cond.get(key[0])
+        rows.append({**dict(zip(KEYS, key)), "failed": n, "cause": cause,
+                     "family": c.family if c else key[0], "params": json.dumps(dict(c.params)) if c else "{}"})
+    df = pl.DataFrame(rows, schema=SUMMARY_SCHEMA) if rows else pl.DataFrame(schema=SUMMARY_SCHEMA)
     return df.with_columns(pl.col("condition").replace_strict(order, default=len(order)).alias("_o")) \
              .sort(["_o", "student", "data"]).drop("_o")
 
@@ -101,20 +123,23 @@ def print_summary(run_dir: Path, console: Console) -> None:
 
     summary = pl.read_parquet(run_dir / "summary.parquet") if (run_dir / "summary.parquet").exists() else pl.DataFrame()
     if not len(summary):
-        console.print("[yellow]no finished evaluations yet[/]")
+        console.print("[yellow]no evaluations in this run[/]")
         return
+    summary = pl.concat([pl.DataFrame(schema=SUMMARY_SCHEMA), summary], how="diagonal_relaxed")  # older files
     many = [k for k in ("student", "data") if summary[k].n_unique() > 1]
     done = summary.filter(pl.col("acc").is_not_null())
     sizes = sorted({(r["n"] // max(1, r["seeds"]), r["seeds"]) for r in done.iter_rows(named=True)})
     size = "; ".join(f"{n} test examples × {k} seed{'s' if k > 1 else ''}" for n, k in sizes)
-    t = Table(title=f"{run_dir.name}: test accuracy % (mean ± std over seeds; {size})", title_justify="left")
+    spread = " (mean ± std over seeds)" if any(k > 1 for _, k in sizes) else ""
+    t = Table(title=escape(f"{run_dir.name}: test accuracy %{spread}; {size or 'nothing finished'}"),
+              title_justify="left")
     t.add_column("condition", no_wrap=True)
     for k in many:
         t.add_column(k, no_wrap=True)
     for col in ("acc", "norm", "Δ", "95% CI", "unparsed", "failed"):
         t.add_column(col, justify="right", no_wrap=True)
     for r in summary.iter_rows(named=True):
-        acc = "–" if r.get("acc") is None else f"{_pct(r['acc'])} ± {_pct(r['acc_std'])}"
+        acc = "–" if r.get("acc") is None else _pct(r["acc"]) + ("" if r.get("acc_std") is None else f" ± {_pct(r['acc_std'])}")
         delta, ci = "", ""
         if r.get("delta") is not None:
             colour = "green" if r["delta_lo"] > 0 else "red" if r["delta_hi"] < 0 else "default"
@@ -124,6 +149,9 @@ def print_summary(run_dir: Path, console: Console) -> None:
                   delta, escape(ci), str(r.get("unparseable") or 0),
                   f"[red]{r['failed']}[/]" if r.get("failed") else "0")
     console.print(t)
+    for r in summary.filter(pl.col("failed") > 0).iter_rows(named=True):
+        console.print(f"[red]{escape(r['condition'])}[/]: {r['failed']} evaluation(s) did not finish: "
+                      f"{escape(r.get('cause') or 'see failures/')}", soft_wrap=True)
     console.print("[dim]Δ: accuracy minus the no-rationale baseline (`target none = label`), paired by example; "
                   "95% CI by paired bootstrap. acc_norm: choice log-likelihood ÷ length in characters "
                   "(rank-evaluated targets); unparsed: generated answers naming no choice (counted wrong).[/]")
@@ -131,12 +159,21 @@ def print_summary(run_dir: Path, console: Console) -> None:
 
 def print_lens(run_dir: Path, console: Console, png: bool = True) -> list[Path]:
     """Layer-by-layer confidence report (both lenses) and its PNG, from lens.parquet."""
-    path = run_dir / "lens.parquet"
+    from rich.markup import escape
+
+    path, cov = run_dir / "lens.parquet", run_dir / "probe_coverage.json"
+    for c in json.loads(cov.read_text()) if cov.exists() else []:
+        if c["of"] is not None and c["probed"] < c["of"]:
+            console.print(f"[yellow]{escape(c['condition'])} · {escape(c['student'])} · seed {c['seed']}[/]: "
+                          f"{c['probed']} of {c['of']} test examples could be probed at the label "
+                          "(a rationale-first target needs the example's rationale)", soft_wrap=True)
     if not path.exists():
         return []
     from interp.report import plot_report, render_report
 
     df = pl.read_parquet(path)
+    if not len(df):
+        return []
     # One heatmap row per condition (× student when there are several); seeds are pooled.
     label = pl.col("condition")
     if df["student"].n_unique() > 1 or df["data"].n_unique() > 1:
@@ -179,6 +216,7 @@ def figures(run_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     summary = pl.read_parquet(run_dir / "summary.parquet").filter(pl.col("acc").is_not_null())
+    summary = summary.with_columns(pl.col("acc_std").fill_null(float("nan")))  # one seed: no error bar
     out_dir = run_dir / "figures"
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

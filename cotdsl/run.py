@@ -5,14 +5,17 @@ The CLI stays a thin typer layer; these functions take plain arguments and retur
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from .cache import Store
-from .errors import CotError, Diagnostic
+from .errors import CotError, Diagnostic, did_you_mean
 
 EXIT_OK, EXIT_USER, EXIT_JOBS = 0, 1, 2
 
@@ -30,6 +33,29 @@ def quiet_libraries() -> None:
         pass
 
 
+EXIT_INTERRUPTED = 130
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGINT and SIGTERM stop the run at once as a KeyboardInterrupt: the job in flight drops
+    its temp dir and lock, finished jobs stay published. Installed explicitly because a shell
+    starts background jobs with SIGINT *ignored*, which Python would otherwise inherit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    saved = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+
+
 def default_cache() -> Path:
     """Job store shared by every spec run from this folder (so jobs are reused across specs)."""
     return Path(os.environ.get("COTDSL_JOBS", ".cotdsl-cache"))
@@ -44,6 +70,20 @@ def parse_only(items: list[str] | None) -> dict[str, list[str]]:
             raise ValueError(f"--only takes KEY=V1,V2 with KEY one of target, student, seed, data; got {item!r}")
         out.setdefault(key, []).extend(v.strip() for v in vals.split(",") if v.strip())
     return out
+
+
+def check_only(exp, only: dict[str, list[str]]) -> None:
+    """Every name in `--only` must exist in the experiment: a typo selects nothing, silently."""
+    from .errors import did_you_mean
+
+    known = {"target": [c.name for c in exp.conditions] + [c.family for c in exp.conditions],
+             "student": [s.name for s in exp.students], "data": [d.name for d in exp.data],
+             "seed": [str(s) for s in exp.seeds]}
+    diags = [Diagnostic(None, f"--only {key}={val}: no {key} named {val!r} in {exp.path}",
+                        expected=sorted(set(known[key]))[:12], hint=did_you_mean(val, known[key]))
+             for key, vals in only.items() for val in vals if val not in known[key]]
+    if diags:
+        raise CotError(diags)
 
 
 def plan_table(plan) -> Table:
@@ -70,7 +110,9 @@ def run(path: Path, *, out: Path = Path("runs"), cache: Path | None = None, limi
 
     console = console or Console()
     exp = load(path)
-    plan = make_plan(exp, limit=limit, only=parse_only(only))
+    selected = parse_only(only)
+    check_only(exp, selected)
+    plan = make_plan(exp, limit=limit, only=selected)
     store = Store(cache or default_cache())
     done = sum(store.done(j.stage, j.key) for j in plan.jobs)
     console.print(plan_table(plan))
@@ -79,7 +121,14 @@ def run(path: Path, *, out: Path = Path("runs"), cache: Path | None = None, limi
         return EXIT_OK
     run_dir = out / exp.name
     save_run_header(plan, run_dir, Path(path).read_text(encoding="utf-8"))
-    outcomes = execute(plan, store, run_dir=run_dir, console=console)
+    try:
+        with stop_on_signals():
+            outcomes = execute(plan, store, run_dir=run_dir, console=console)
+    except KeyboardInterrupt as e:
+        done = sum(store.done(j.stage, j.key) for j in plan.jobs)
+        console.print(f"[yellow]interrupted ({e or 'SIGINT'}): {done} of {len(plan.jobs)} jobs are done and "
+                      f"cached in {store.root}; run again to continue[/]")
+        return EXIT_INTERRUPTED
     collect(plan, store, outcomes, run_dir)
     print_summary(run_dir, console)
     print_ig(run_dir, console)
@@ -90,7 +139,8 @@ def run(path: Path, *, out: Path = Path("runs"), cache: Path | None = None, limi
     skipped = [o for o in outcomes.values() if o.status == "skipped"]
     if failed:
         console.print(f"[red]{len(failed)} job(s) failed, {len(skipped)} skipped; causes in {run_dir / 'failures'}[/]")
-        return EXIT_JOBS
+        # exit 1 when every failure is the input's fault (fix the data/spec), 2 when a job crashed
+        return EXIT_USER if all(o.user_error for o in failed) else EXIT_JOBS
     return EXIT_OK
 
 
@@ -119,30 +169,24 @@ def show(path: Path, *, target: str, n: int = 3, seed: int | None = None, consol
     from .render import render
     from .schema import format_prompt
     from .show import show_rendered
+    from rich.markup import escape
 
     console = console or Console()
     exp = load(path)
     conds = [c for c in exp.conditions if c.name == target or c.family == target]
     if not conds:
         names = [c.name for c in exp.conditions]
-        raise CotError([Diagnostic(None, f"no target named {target!r} in {path}", hint=_close(target, names))])
+        raise CotError([Diagnostic(None, f"no target named {target!r} in {path}", hint=did_you_mean(target, names))])
     train, _ = load_source(exp.data[0])
     train = rationalize(exp.teacher, train[:n], cache_dir=cache_dir() / "rationales")
     corpus = [format_prompt(e) + " " + (e.rationale or "") for e in train]
     _, tok = load_student(exp.students[0], corpus=corpus)
     s = exp.seeds[0] if seed is None else seed
     for cond in conds:
-        console.rule(f"{cond.name}  (eval by {cond.eval_by}, seed {s})")
+        console.rule(escape(f"{cond.name}  (eval by {cond.eval_by}, seed {s})"))
         for e in train[:n]:
             show_rendered(console, render(e, cond, tok, seed=s, max_len=exp.train.max_len), tok)
     return EXIT_OK
-
-
-def _close(word: str, names: list[str]) -> str | None:
-    import difflib
-
-    m = difflib.get_close_matches(word, names, n=1)
-    return f"did you mean `{m[0]}`?" if m else None
 
 
 def probe(target_dir: Path | None = None, *, checkpoint: Path | None = None, data: Path | None = None,

@@ -114,8 +114,8 @@ def render_report(data, console=None, prob: str = "p_gold"):
                            style="bold"))
         heat = Table()
         heat.add_column("layer", justify="right")
-        for c in conds:
-            heat.add_column(c, justify="center")
+        for c in conds:  # Text, not markup: a sweep point's name "masked[p=0.2]" is not a style
+            heat.add_column(Text(str(c)), justify="center")
         grid = {(r["condition"], r["layer"]): r["mean"] for r in m.iter_rows(named=True)}
         for layer in sorted({k[1] for k in grid}):
             cells = [Text(f"{grid[(c, layer)]:.3f}", style=_cell_style(grid[(c, layer)]))
@@ -130,7 +130,7 @@ def render_report(data, console=None, prob: str = "p_gold"):
             ct.add_column(col, justify=just)
         for r in commits.filter(pl.col("lens") == lens).iter_rows(named=True):
             fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-            ct.add_row(r["condition"], str(r["n"]), fmt(r["commit_mean"]),
+            ct.add_row(Text(str(r["condition"])), str(r["n"]), fmt(r["commit_mean"]),
                        fmt(r["commit_median"]), f"{100 * r['share_committed']:.0f}%")
         console.print(ct)
     return console

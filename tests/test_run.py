@@ -211,3 +211,171 @@ def test_keytokens_scored_by_a_trained_rationale_first_student(env):
     (before_train,) = [k for k, v in st.items() if v["stage"] == "train" and "before" in v["label"]]
     (rank_id,) = [k for k, v in st.items() if v["stage"] == "rank"]
     assert order.index(before_train) < order.index(rank_id)
+
+
+STOPWORDS = '''
+from cotdsl.perturb import perturbation
+
+STOP = {stop!r}
+
+@perturbation("nostop")
+def nostop(units, ctx):
+    """Drop stopwords."""
+    return [u for u in units if u.lower() not in STOP]
+'''
+
+
+def test_editing_a_plugin_reruns_the_jobs_that_use_it(env, monkeypatch):
+    (env / "stop_plugin.py").write_text(STOPWORDS.format(stop={"the"}))
+    monkeypatch.syspath_prepend(str(env))
+    spec = write_spec(env, extra="target strip = label -> nostop(rationale)")
+    spec.write_text('plugin "stop_plugin"\n' + spec.read_text())
+    only = ["target=strip,none", "seed=0"]
+    assert run(spec, only=only, console=quiet()) == EXIT_OK
+    rd, store = env / "runs" / "tiny", env / ".cotdsl-cache"
+
+    def rendered_text():
+        (rid,) = [k for k, v in jobs(rd).items() if v["stage"] == "render" and "strip" in v["label"]]
+        texts = pl.read_parquet(store / rid / "rendered.parquet")["text"]
+        return " ".join(" " + t.split("Answer:", 1)[1].split("\n", 1)[1] + " " for t in texts)
+
+    before = rendered_text()
+    assert " The " not in before and " is " in before
+    (env / "stop_plugin.py").write_text(STOPWORDS.format(stop={"is", "are"}))
+    assert run(spec, only=only, console=quiet()) == EXIT_OK
+    st = jobs(rd)
+    assert {v["status"] for v in st.values() if "strip" in v["label"]} == {"ran"}
+    assert {v["status"] for v in st.values() if "strip" not in v["label"]} == {"cached"}
+    after = rendered_text()
+    assert " The " in after and " is " not in after
+
+
+def test_a_failed_student_gives_a_readable_report_and_exit_1(env, monkeypatch):
+    """Every eval skipped (an offline student): the summary keeps its columns, the table names
+    the cause, and the exit code says the input was at fault — never an internal error."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = write_spec(env).read_text().replace('tiny(arch: "llama", layers: 2, d_model: 32, heads: 4)',
+                                               'hf("no-such-org/no-such-model")')
+    (env / "tiny.cot").write_text(spec)
+    con = Console(record=True, width=200)
+    assert run(env / "tiny.cot", only=["seed=0"], console=con) == 1
+    text = con.export_text()
+    assert "no-such-org/no-such-model" in text and "internal error" not in text
+    summ = pl.read_parquet(env / "runs" / "tiny" / "summary.parquet")
+    assert set(summ["condition"]) == {"none", "before", "after"} and summ["acc"].null_count() == 3
+    assert all("no-such-org/no-such-model" in c for c in summ["cause"])
+    con = Console(record=True, width=200)
+    assert report(env / "runs" / "tiny", console=con, png=False) == EXIT_OK
+    assert "evaluation(s) did not finish" in con.export_text()
+
+
+def test_sweep_points_are_named_in_every_display(env):
+    spec = write_spec(env, extra="target masked[p in 0.25, 0.5] = label -> mask(rationale, p)")
+    con = Console(record=True, width=200)
+    assert run(spec, only=["target=masked", "seed=0"], console=con) == EXIT_OK
+    text = con.export_text()
+    assert "train masked[p=0.25] · t · toy · seed 0" in text and "masked[p=0.5]" in text
+    con = Console(record=True, width=200)
+    report(env / "runs" / "tiny", console=con, png=False)
+    lens_part = con.export_text().split("logit lens", 1)[1]
+    assert "masked[p=0.25]" in lens_part and "masked[p=0.5]" in lens_part
+    from cotdsl.run import show
+
+    con = Console(record=True, width=200)
+    show(spec, target="masked", n=1, console=con)
+    assert "masked[p=0.25]" in con.export_text()
+
+
+def test_one_seed_shows_no_spread_and_failures_do_not_outlive_a_clean_run(env, monkeypatch):
+    (env / "boom_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(env))
+    spec = write_spec(env, extra="target broken = label -> explode(rationale)")
+    spec.write_text('plugin "boom_plugin"\n' + spec.read_text())
+    assert run(spec, only=["seed=0", "target=none,broken"], console=quiet()) == EXIT_JOBS
+    rd = env / "runs" / "tiny"
+    assert list((rd / "failures").iterdir())
+    con = Console(record=True, width=200)
+    assert run(spec, only=["seed=0", "target=none"], console=con) == EXIT_OK
+    assert not list((rd / "failures").iterdir())
+    text = con.export_text()
+    assert "± 0.0" not in text and "mean ± std" not in text
+    assert pl.read_parquet(rd / "summary.parquet")["acc_std"].null_count() == 1
+
+
+def test_unknown_names_in_only_are_errors_with_a_suggestion(env):
+    from cotdsl.errors import CotError
+
+    spec = write_spec(env)
+    with pytest.raises(CotError, match="no target named 'aftr'") as e:
+        run(spec, only=["target=aftr"], console=quiet())
+    assert "did you mean `after`" in e.value.render()
+    with pytest.raises(CotError, match="no seed named '7'"):
+        run(spec, only=["seed=7"], console=quiet())
+    assert not (env / ".cotdsl-cache" / "data").exists()  # nothing ran
+
+
+def test_a_rationale_first_target_with_no_test_rationales_reports_zero_probed(env):
+    rows = [json.dumps({"id": f"q{i}", "question": f"what is {i}?", "choices": ["a", "b"], "label": "a",
+                        "rationale": "because a" if i < 8 else None}) for i in range(12)]
+    (env / "train.jsonl").write_text("\n".join(rows[:8]) + "\n")
+    (env / "test.jsonl").write_text("\n".join(rows[8:]) + "\n")
+    spec = write_spec(env).read_text().replace('builtin("facts", train: 24, test: 12)',
+                                               'file(train: "train.jsonl", test: "test.jsonl")')
+    (env / "tiny.cot").write_text(spec)
+    con = Console(record=True, width=200)
+    assert run(env / "tiny.cot", only=["seed=0", "target=before,after"], console=con) == EXIT_OK
+    text = con.export_text()
+    assert "before · t · seed 0: 0 of 4 test examples could be probed" in text
+    assert set(pl.read_parquet(env / "runs" / "tiny" / "lens.parquet")["condition"]) == {"after"}
+
+
+def _spawn_run(env, spec, only):
+    code = f"from cotdsl.run import run; import sys; sys.exit(run({str(spec)!r}, only={only!r}))"
+    return subprocess.Popen([sys.executable, "-c", code], cwd=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_concurrent_runs_on_one_cache_run_each_job_once(env):
+    spec = write_spec(env, epochs=6)
+    only = ["target=after,none", "seed=0"]
+    a, b = _spawn_run(env, spec, only), _spawn_run(env, spec, only)
+    out_a, out_b = a.communicate(timeout=400)[0], b.communicate(timeout=400)[0]
+    assert a.returncode == 0 and b.returncode == 0, out_a + out_b
+    ran_a, ran_b = out_a.count("✓ "), out_b.count("✓ ")
+    n_jobs = len(json.loads((env / "runs" / "tiny" / "plan.json").read_text()))
+    assert ran_a + ran_b == n_jobs  # every job computed exactly once between the two
+    assert not list((env / ".cotdsl-cache").glob("*/.*.tmp"))
+
+
+def test_sigint_to_a_background_run_stops_it_and_leaves_the_store_consistent(env):
+    spec = write_spec(env, epochs=60)
+    # a shell starts background jobs with SIGINT ignored; the run must still stop on it
+    p = subprocess.Popen(["bash", "-c", f"{sys.executable} -c \"from cotdsl.run import run; import sys; "
+                          f"sys.exit(run('{spec}', only=['target=after', 'seed=0']))\" & wait"],
+                         cwd=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    work = env / ".cotdsl-cache" / "train"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(work.glob("*.work/ckpt/*")):
+        time.sleep(0.2)
+    child = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+    assert child, "the run did not start"
+    t0 = time.time()
+    os.kill(int(child[0]), signal.SIGINT)
+    assert p.wait(timeout=60) == 0  # bash's `wait` returns; the child exited
+    assert time.time() - t0 < 30
+    assert not list((env / ".cotdsl-cache").glob("*/.*.tmp"))  # the job in flight dropped its temp dir
+    assert not list(work.glob("*/DONE"))
+
+
+def test_stale_temp_dirs_are_cleaned_when_the_job_runs(env):
+    spec = write_spec(env)
+    store = env / ".cotdsl-cache"
+    assert run(spec, only=["target=none", "seed=0"], console=quiet(), dry_run=True) == EXIT_OK
+    from cotdsl.plan import make_plan
+    from cotdsl import load
+
+    (data,) = make_plan(load(spec), only={"target": ["none"], "seed": ["0"]}).by_stage("data")
+    stale = store / "data" / f".{data.key}.abc123.tmp"
+    stale.mkdir(parents=True)
+    assert run(spec, only=["target=none", "seed=0"], console=quiet()) == EXIT_OK
+    assert not stale.exists()

@@ -322,7 +322,7 @@ def run_probe(job, ctx: Ctx, out: Path) -> dict:
     df = lens_frame(model, tok, test, p["condition"], p["seed"], cfg.lenses, tuned=tuned,
                     progress=lambda i, n: ctx.progress(job.id, i, n))
     df.write_parquet(out / "lens.parquet")
-    return {"examples": df["ex_id"].n_unique(), "lenses": ",".join(cfg.lenses)}
+    return {"examples": df["ex_id"].n_unique(), "of": len(test), "lenses": ",".join(cfg.lenses)}
 
 
 def lens_frame(model, tok, examples, cond, seed, lenses, *, tuned=None, progress=None, batch: int = 16):
@@ -339,8 +339,9 @@ def lens_frame(model, tok, examples, cond, seed, lenses, *, tuned=None, progress
     from interp.lens import logit_lens
 
     seqs, positions, targets, kept = _probe_batch(examples, cond, tok, seed)
-    if not kept:
-        raise ValueError(f"no test example of {cond.name} can be probed at the label")
+    if not kept:  # e.g. a rationale-first target with no test rationales: reported, not failed
+        return pl.DataFrame(schema={"lens": pl.Utf8, "ex_id": pl.Utf8, "layer": pl.Int64, "p_gold": pl.Float64,
+                                    "choice_p_gold": pl.Float64, "rank_gold": pl.Int64, "commit_layer": pl.Int64})
     ids, mask = _pad(seqs, tok.pad_token_id if tok.pad_token_id is not None else 0)
     C = max(len(t) for t in targets)
     # Pad missing choices with the gold token; they never win the renormalised top-1 over gold.
