@@ -134,18 +134,35 @@ def fmt(files: List[Path] = typer.Argument(..., help="spec files (.cot)"),
 
 @app.command()
 def run(file: Path = typer.Argument(..., help="a spec file (.cot)"),
-        limit: Optional[int] = typer.Option(None, "--limit", help="use only the first N train and test examples"),
+        limit: Optional[int] = typer.Option(None, "--limit", help="use only the first N train examples (and test, unless --limit-test)"),
+        limit_test: Optional[int] = typer.Option(None, "--limit-test", help="use only the first N test examples"),
         only: Optional[List[str]] = typer.Option(None, "--only", help="filter: target=a,b | student=x | seed=0 | data=d"),
         dry_run: bool = typer.Option(False, "--dry-run", help="show the plan and what is cached; run nothing"),
         out_dir: Path = typer.Option(Path("runs"), "--out", help="folder for run results"),
-        cache: Optional[Path] = typer.Option(None, "--cache", help="job store (default .cotdsl-cache or $COTDSL_JOBS)")):
+        cache: Optional[Path] = typer.Option(None, "--cache", help="job store (default .cotdsl-cache or $COTDSL_JOBS)"),
+        executor: Optional[str] = typer.Option(None, "--executor", help="local | ray | slurm (default local)"),
+        workers: Optional[int] = typer.Option(None, "--workers", help="local: worker processes (default 1)"),
+        retries: Optional[int] = typer.Option(None, "--retries", help="re-runs of a job whose worker crashed (default 1)"),
+        address: Optional[str] = typer.Option(None, "--address", help="ray: address of a running cluster"),
+        partition: Optional[str] = typer.Option(None, "--partition", help="slurm: partition"),
+        time_min: Optional[int] = typer.Option(None, "--time", help="slurm: minutes per job (default 240)"),
+        gpus: Optional[int] = typer.Option(None, "--gpus", help="slurm: GPUs per training job"),
+        account: Optional[str] = typer.Option(None, "--account", help="slurm: account"),
+        constraint: Optional[str] = typer.Option(None, "--constraint", help="slurm: node constraint"),
+        sbatch: Optional[List[str]] = typer.Option(None, "--sbatch", help="slurm: extra sbatch flag (repeatable)"),
+        executor_config: Optional[Path] = typer.Option(None, "--executor-config", help="TOML file with these settings")):
     """Run every job of a spec (cached and resumable); print results and layerwise reports.
-    Exit 0 when all jobs finished, 1 on bad input, 2 when some jobs failed."""
+    Exit 0 when all jobs finished, 1 on bad input, 2 when some jobs failed, 130 when interrupted."""
+    from cotdsl.executors import load_cfg
     from cotdsl.run import run as _run
 
     with guard():
+        cfg = load_cfg(executor_config, kind=executor, workers=workers, retries=retries, address=address,
+                       partition=partition, time_min=time_min, gpus=gpus, account=account,
+                       constraint=constraint, sbatch=sbatch or None)
         try:
-            code = _run(file, out=out_dir, cache=cache, limit=limit, only=only, dry_run=dry_run, console=out)
+            code = _run(file, out=out_dir, cache=cache, limit=limit, limit_test=limit_test, only=only,
+                        dry_run=dry_run, console=out, executor=cfg)
         except ValueError as e:  # --only syntax
             raise CotError(str(e))
     raise typer.Exit(code)

@@ -8,26 +8,15 @@ its stage's code version, so finished jobs are reused across runs and across spe
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .cache import stable_hash
+from .jobs.types import (STAGES, DataJob, EvalJob, Job, ProbeJob, RankJob, RenderJob, Resources, TeacherJob,
+                         TrainJob, resources_for)
 from .spec import Call, Condition, Experiment, Ref
 
-STAGES = ("data", "teacher", "rank", "render", "train", "eval", "probe")
-
-
-@dataclass(frozen=True)
-class Job:
-    stage: str
-    key: str
-    deps: tuple[str, ...]  # ids of jobs whose outputs this one reads
-    label: str  # short human name for progress and errors
-    params: dict = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def id(self) -> str:
-        return f"{self.stage}/{self.key}"
+__all__ = ["STAGES", "Job", "Plan", "make_plan"]
 
 
 @dataclass(frozen=True)
@@ -54,11 +43,6 @@ def ig_calls(cond: Condition) -> Iterable[Call]:
     """The `keytokens(..., by: ig)` calls of a condition."""
     return (c for t in cond.tasks for s in t.segments for c in _calls(s)
             if c.fn == "keytokens" and c.kw("by", "ig") == "ig")
-
-
-def ig_needed(cond: Condition) -> bool:
-    """Does any segment of this condition use `keytokens(..., by: ig)`?"""
-    return any(True for _ in ig_calls(cond))
 
 
 def perturbation_versions(cond: Condition) -> dict[str, str]:
@@ -115,24 +99,35 @@ def stage_versions() -> dict[str, str]:
     return stages.code_versions()
 
 
-def make_plan(exp: Experiment, *, limit: int | None = None, only: dict[str, list[str]] | None = None,
-              versions: dict[str, str] | None = None) -> Plan:
+def make_plan(exp: Experiment, *, limit: int | None = None, limit_test: int | None = None,
+              only: dict[str, list[str]] | None = None, versions: dict[str, str] | None = None,
+              gpu: bool | None = None) -> Plan:
     """Expand the experiment into jobs. `only` filters, e.g. {"target": ["after", "none"],
-    "student": [...], "seed": ["0"]}; a target filter matches a condition name or its family."""
+    "student": [...], "seed": ["0"]}; a target filter matches a condition name or its family.
+    `limit` caps the training examples (and the test ones unless `limit_test` is given).
+    `gpu` says whether jobs should ask for a GPU (default: whether this machine has one)."""
     v = versions if versions is not None else stage_versions()
+    gpu = _gpu_visible() if gpu is None else gpu
     only = only or {}
     conds = [c for c in exp.conditions
              if "target" not in only or c.name in only["target"] or c.family in only["target"]]
     students = [s for s in exp.students if "student" not in only or s.name in only["student"]]
     seeds = [s for s in exp.seeds if "seed" not in only or str(s) in only["seed"]]
     sources = [d for d in exp.data if "data" not in only or d.name in only["data"]]
+    lt = limit if limit_test is None else limit_test
+    devices = getattr(exp.train, "devices", 1)
+
+    def res(stage, stu, batch=8):
+        return resources_for(stage, stu, batch=batch, gpu=gpu, devices=devices)
 
     jobs: list[Job] = []
     for src in sources:
-        d = Job("data", stable_hash([src, limit, v["data"]]), (), f"data {src.name}",
-                {"source": src, "limit": limit})
-        t = Job("teacher", stable_hash([exp.teacher, d.key, v["teacher"]]), (d.id,),
-                f"teacher {exp.teacher.name} on {src.name}", {"teacher": exp.teacher, "data": d.id})
+        d = DataJob(key=stable_hash([src, limit, lt, v["data"]]), deps=(), label=f"data {src.name}",
+                    source=src, limit=limit, limit_test=lt)
+        t = TeacherJob(key=stable_hash([exp.teacher, d.key, v["teacher"]]), deps=(d.id,),
+                       label=f"teacher {exp.teacher.name} on {src.name}", teacher=exp.teacher, data=d.id,
+                       resources=Resources(gpus=1.0 if gpu and exp.teacher.kind == "hf" else 0.0,
+                                           mem_gb=8.0 if exp.teacher.kind == "hf" else 1.0))
         jobs += [d, t]
         for stu in students:
             trains: dict[tuple[str, int], Job] = {}  # (condition, seed) -> its train job
@@ -155,30 +150,44 @@ def make_plan(exp: Experiment, *, limit: int | None = None, only: dict[str, list
                             rk, deps, key = (scorer, seed), (t.id, tr0.id), stable_hash(["ig", tr0.key, t.key, v["rank"]])
                         if rk not in ranks:
                             per_seed = "" if scorer in ("student", "teacher") else f" · seed {seed}"
-                            ranks[rk] = Job("rank", key, deps,
-                                            f"IG key tokens · {scorer} scorer · {stu.name} · {src.name}{per_seed}",
-                                            {"student": stu, "teacher": t.id, "scorer": scorer,
-                                             "scorer_train": deps[1] if len(deps) > 1 else None})
+                            ranks[rk] = RankJob(
+                                key=key, deps=deps, resources=res("rank", stu),
+                                label=f"IG key tokens · {scorer} scorer · {stu.name} · {src.name}{per_seed}",
+                                student=stu, teacher_job=t.id, scorer=scorer,
+                                teacher=exp.teacher if scorer == "teacher" else None,
+                                scorer_train=deps[1] if len(deps) > 1 else None)
                             deferred.append(ranks[rk])
                         rank = ranks[rk]
                     deps = (t.id,) + ((rank.id,) if rank is not None else ())
-                    r = Job("render", stable_hash([cond.tasks, stu, seed, exp.train.max_len, deps, v["render"],
-                                                  perturbation_versions(cond)]),
-                            deps, f"render {name}",
-                            {"condition": cond, "student": stu, "seed": seed, "teacher": t.id, "source": src,
-                             "rank": rank.id if rank is not None else None})
-                    tr = Job("train", stable_hash([r.key, exp.train, v["train"]]), (r.id,), f"train {name}",
-                             {"condition": cond, "student": stu, "seed": seed, "render": r.id, "source": src})
+                    common = dict(condition=cond, student=stu, source=src, seed=seed)
+                    r = RenderJob(key=stable_hash([cond.tasks, stu, seed, exp.train.max_len, deps, v["render"],
+                                                   perturbation_versions(cond)]),
+                                  deps=deps, label=f"render {name}", teacher_job=t.id,
+                                  rank_job=rank.id if rank is not None else None, max_len=exp.train.max_len,
+                                  plugins=exp.plugins, plugin_paths=getattr(exp, "plugin_paths", ()), **common)
+                    tr = TrainJob(key=stable_hash([r.key, exp.train, v["train"]]), deps=(r.id,), label=f"train {name}",
+                                  render_job=r.id, teacher_job=t.id, train=exp.train,
+                                  resources=res("train", stu, exp.train.batch), **common)
                     trains[(cond.name, seed)] = tr
-                    ev = Job("eval", stable_hash([tr.key, cond.eval_by, cond.tasks[0], exp.eval, d.key, v["eval"]]),
-                             (tr.id, d.id), f"eval {name}",
-                             {"condition": cond, "student": stu, "seed": seed, "train": tr.id, "data": d.id,
-                              "source": src})
+                    ev = EvalJob(key=stable_hash([tr.key, cond.eval_by, cond.tasks[0], exp.eval, d.key, v["eval"]]),
+                                 deps=(tr.id, d.id), label=f"eval {name}", train_job=tr.id, data_job=d.id,
+                                 eval=exp.eval, resources=res("eval", stu, exp.eval.batch), **common)
                     deferred += [r, tr, ev]
                     if exp.probe is not None:
-                        deferred.append(Job("probe", stable_hash([tr.key, exp.probe, cond.tasks[0], d.key, v["probe"]]),
-                                            (tr.id, d.id), f"probe {name}",
-                                            {"condition": cond, "student": stu, "seed": seed, "train": tr.id,
-                                             "data": d.id, "render": r.id, "source": src}))
+                        deferred.append(ProbeJob(
+                            key=stable_hash([tr.key, exp.probe, cond.tasks[0], d.key, v["probe"]]),
+                            deps=(tr.id, d.id), label=f"probe {name}", train_job=tr.id, data_job=d.id,
+                            render_job=r.id, probe=exp.probe, resources=res("probe", stu), **common))
             jobs += deferred
     return Plan(exp, tuple(_toposort(jobs)), limit)
+
+
+def _gpu_visible() -> bool:
+    """Whether jobs should request a GPU: CUDA_VISIBLE_DEVICES, else `nvidia-smi` (no torch import)."""
+    import os
+    import shutil
+
+    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if vis is not None:
+        return bool(vis.strip()) and vis.strip() != "-1"
+    return shutil.which("nvidia-smi") is not None

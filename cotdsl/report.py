@@ -23,10 +23,10 @@ KEYS = ["condition", "student", "data"]
 
 
 def _job_cols(job, exp_name: str) -> dict:
-    c = job.params["condition"]
+    c = job.condition
     return {"experiment": exp_name, "condition": c.name, "family": c.family,
-            "params": json.dumps(dict(c.params)), "student": job.params["student"].name,
-            "data": job.params["source"].name, "seed": job.params["seed"]}
+            "params": json.dumps(dict(c.params)), "student": job.student.name,
+            "data": job.source.name, "seed": job.seed}
 
 
 def collect(plan: Plan, store: Store, outcomes: dict, run_dir: Path) -> None:
@@ -253,3 +253,34 @@ def figures(run_dir: Path) -> list[Path]:
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
     return written
+
+
+# ---- the run folder's header ------------------------------------------------------------------
+def environment() -> dict:
+    """Versions and device, saved beside the results."""
+    import platform
+
+    import torch
+
+    from importlib.metadata import version
+
+    vers = {}
+    for mod in ("transformers", "datasets", "transformer_lens", "tuned_lens", "captum", "lark", "polars"):
+        try:
+            vers[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - a missing optional library is just not reported
+            vers[mod] = None
+    return {"cotdsl": version("cotdsl"), "python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, **vers}
+
+
+def save_run_header(plan: Plan, run_dir: Path, spec_text: str) -> None:
+    from .spec import to_dict
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.cot").write_text(spec_text)
+    atomic_write_json(run_dir / "resolved.json", to_dict(plan.experiment))
+    atomic_write_json(run_dir / "environment.json", environment())
+    atomic_write_json(run_dir / "plan.json", [{"id": j.id, "label": j.label, "deps": list(j.deps)}
+                                              for j in plan.jobs])

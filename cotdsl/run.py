@@ -101,18 +101,20 @@ def plan_table(plan) -> Table:
 
 
 def run(path: Path, *, out: Path = Path("runs"), cache: Path | None = None, limit: int | None = None,
-        only: list[str] | None = None, dry_run: bool = False, console: Console | None = None) -> int:
+        limit_test: int | None = None, only: list[str] | None = None, dry_run: bool = False,
+        console: Console | None = None, executor=None) -> int:
+    """`executor`: an `executors.ExecutorCfg` (default: local, one process)."""
     quiet_libraries()
     from . import load
-    from .executors import execute, save_run_header
+    from .executors import ExecutorCfg, execute
     from .plan import make_plan
-    from .report import collect, figures, print_ig, print_lens, print_summary
+    from .report import collect, figures, print_ig, print_lens, print_summary, save_run_header
 
     console = console or Console()
     exp = load(path)
     selected = parse_only(only)
     check_only(exp, selected)
-    plan = make_plan(exp, limit=limit, only=selected)
+    plan = make_plan(exp, limit=limit, limit_test=limit_test, only=selected)
     store = Store(cache or default_cache())
     done = sum(store.done(j.stage, j.key) for j in plan.jobs)
     console.print(plan_table(plan))
@@ -123,7 +125,7 @@ def run(path: Path, *, out: Path = Path("runs"), cache: Path | None = None, limi
     save_run_header(plan, run_dir, Path(path).read_text(encoding="utf-8"))
     try:
         with stop_on_signals():
-            outcomes = execute(plan, store, run_dir=run_dir, console=console)
+            outcomes = execute(plan, store, run_dir=run_dir, console=console, cfg=executor or ExecutorCfg())
     except KeyboardInterrupt as e:
         done = sum(store.done(j.stage, j.key) for j in plan.jobs)
         console.print(f"[yellow]interrupted ({e or 'SIGINT'}): {done} of {len(plan.jobs)} jobs are done and "

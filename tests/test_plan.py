@@ -39,7 +39,7 @@ def test_grid_counts_and_dag_order():
     assert len({j.id for j in plan.jobs}) == len(plan.jobs)
     # only the keytokens condition waits for the IG ranking
     rank_id = plan.by_stage("rank")[0].id
-    assert {j.params["condition"].name for j in plan.by_stage("render") if rank_id in j.deps} == {"keys"}
+    assert {j.condition.name for j in plan.by_stage("render") if rank_id in j.deps} == {"keys"}
 
 
 def test_keys_depend_on_exactly_what_matters():
@@ -59,8 +59,8 @@ def test_keys_depend_on_exactly_what_matters():
 
 def test_only_and_limit():
     plan = make_plan(experiment(), only={"target": ["after"], "seed": ["1"]}, versions=V)
-    assert {j.params["condition"].name for j in plan.by_stage("train")} == {"after"}
-    assert {j.params["seed"] for j in plan.by_stage("train")} == {1}
+    assert {j.condition.name for j in plan.by_stage("train")} == {"after"}
+    assert {j.seed for j in plan.by_stage("train")} == {1}
     assert not plan.by_stage("rank")
     assert make_plan(experiment(), limit=5, versions=V).by_stage("data")[0].key != plan.by_stage("data")[0].key
 
@@ -81,8 +81,8 @@ def test_ig_scorer_can_be_another_conditions_trained_student():
     order = [j.id for j in plan.jobs]
     for r in ranks:
         (scorer_train,) = [d for d in r.deps if d.startswith("train/")]
-        assert plan.get(scorer_train).params["condition"].name == "before"
+        assert plan.get(scorer_train).condition.name == "before"
         assert order.index(scorer_train) < order.index(r.id)
-        seed = plan.get(scorer_train).params["seed"]
+        seed = plan.get(scorer_train).seed
         (render,) = [j for j in plan.by_stage("render") if r.id in j.deps]
-        assert render.params["condition"].name == "keys" and render.params["seed"] == seed
+        assert render.condition.name == "keys" and render.seed == seed

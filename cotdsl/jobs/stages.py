@@ -1,15 +1,17 @@
 """One function per job stage: read the inputs' outputs, compute, write into `out` (a temp dir
 that becomes the job's cached result only when the function returns).
 
-Each `run_<stage>(job, ctx, out)` gets `ctx` (a `Ctx`: the store, loaded models, progress) and
-returns a small dict of figures shown in the run log. Heavy imports stay inside the functions so
-`cotdsl check` never pays for torch.
+Each `run_<stage>(job, store, out, progress)` gets its typed job (`jobs/types.py`: everything
+the stage needs), the store its inputs are read from, and a `progress(done, total)` callback; it
+returns a small dict of figures shown in the run log. Nothing else: no plan, no experiment, so
+the same function runs in this process, a local worker, a Ray task or a Slurm job. Heavy imports
+stay inside the functions so `cotdsl check` never pays for torch.
 """
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,29 +21,35 @@ from ..schema import Example, format_prompt
 Progress = Callable[[int, int], None]
 
 
-@dataclass
-class Ctx:
-    store: Store
-    plan: Any = None  # plan.Plan being executed
-    progress: Callable[[str, int, int], None] = lambda job_id, done, total: None
-    _students: dict = field(default_factory=dict)
-    # The model a train job just produced, so its eval/probe need not reload it from disk.
+def _no_progress(done: int, total: int) -> None:
+    pass
+
+
+class _Memo:
+    """Models this worker process already holds: base students (loaded once per process) and the
+    model the last train job produced, so its eval/probe in the same process skip a reload.
+    Process-local on purpose: a job never depends on it for correctness, only for speed."""
+
+    students: dict = {}
     last_trained: tuple[str, Any, Any] | None = None
 
-    def base_student(self, student, corpus: list[str] | None = None):
-        """(model, tokenizer) of a student before fine-tuning, loaded once per run."""
-        from ..models import load_student
 
-        key = (student.name, student.kind, student.args)
-        if student.kind == "tiny":  # its tokenizer is trained on the data's text
-            key += (stable_hash(corpus),)
-        if key not in self._students:
-            self._students[key] = load_student(student, corpus=corpus)
-        return self._students[key]
+def base_student(student, corpus: list[str] | None = None):
+    """(model, tokenizer) of a student before fine-tuning."""
+    from ..models import load_student
 
-    def dir(self, job_id: str) -> Path:
-        stage, key = job_id.split("/", 1)
-        return self.store.path(stage, key)
+    key = (student.name, student.kind, student.args)
+    if student.kind == "tiny":  # its tokenizer is trained on the data's text
+        key += (stable_hash(corpus),)
+    if key not in _Memo.students:
+        _Memo.students.clear()  # one base model at a time: a worker's memory stays bounded
+        _Memo.students[key] = load_student(student, corpus=corpus)
+    return _Memo.students[key]
+
+
+def job_dir(store: Store, job_id: str) -> Path:
+    stage, key = job_id.split("/", 1)
+    return store.path(stage, key)
 
 
 def code_versions() -> dict[str, str]:
@@ -93,19 +101,21 @@ def load_examples(path: Path) -> list[Example]:
     return out
 
 
-def corpus(ctx: Ctx, teacher_job: str) -> list[str]:
+def corpus(store: Store, teacher_job: str) -> list[str]:
     """Text a tiny student's tokenizer is trained on (prompts + rationales of the training set)."""
-    exs = load_examples(ctx.dir(teacher_job) / "train.jsonl")
+    exs = load_examples(job_dir(store, teacher_job) / "train.jsonl")
     return [format_prompt(e) + " " + (e.rationale or "") for e in exs]
 
 
 # ---- stages ----------------------------------------------------------------------------------
-def run_data(job, ctx: Ctx, out: Path) -> dict:
+def run_data(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
     from ..data import fingerprint, load_source
 
-    train, test = load_source(job.params["source"])
-    if job.params["limit"]:
-        train, test = train[: job.params["limit"]], test[: job.params["limit"]]
+    train, test = load_source(job.source)
+    if job.limit:
+        train = train[: job.limit]
+    if job.limit_test:
+        test = test[: job.limit_test]
     save_examples(out / "train.jsonl", train)
     save_examples(out / "test.jsonl", test)
     atomic_write_json(out / "meta.json", {"train": len(train), "test": len(test),
@@ -113,15 +123,14 @@ def run_data(job, ctx: Ctx, out: Path) -> dict:
     return {"train": len(train), "test": len(test)}
 
 
-def run_teacher(job, ctx: Ctx, out: Path) -> dict:
+def run_teacher(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
     from ..models import cache_dir
     from .teacher import rationalize
 
-    d = ctx.dir(job.params["data"])
+    d = job_dir(store, job.data)
     train = load_examples(d / "train.jsonl")
     test = load_examples(d / "test.jsonl")
-    prog = lambda i, n: ctx.progress(job.id, i, n)  # noqa: E731
-    train = rationalize(job.params["teacher"], train, cache_dir=cache_dir() / "rationales", progress=prog)
+    train = rationalize(job.teacher, train, cache_dir=cache_dir() / "rationales", progress=progress)
     kept = [e for e in train if e.rationale]
     save_examples(out / "train.jsonl", kept)
     # Test rationales are only used to teacher-force probes of rationale-first students; the gold
@@ -135,30 +144,29 @@ def run_teacher(job, ctx: Ctx, out: Path) -> dict:
 IG_BASELINE, IG_STEPS = "pad", 20
 
 
-def run_rank(job, ctx: Ctx, out: Path) -> dict:
+def run_rank(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
     """Integrated-Gradients word scores of every training rationale under the base student
     (the scorer), for `keytokens(rationale, k, by: ig)`; plus one example drawn as a figure."""
     from interp.attribution import IGItem, ig_word_scores, summarize
     from interp.view import attribution_png
 
-    p = job.params
-    exs = load_examples(ctx.dir(p["teacher"]) / "train.jsonl")
-    if p.get("scorer", "student") == "student":
-        model, tok = ctx.base_student(p["student"], corpus(ctx, p["teacher"]))
-    elif p["scorer"] == "teacher":
+    exs = load_examples(job_dir(store, job.teacher_job) / "train.jsonl")
+    if job.scorer == "student":
+        model, tok = base_student(job.student, corpus(store, job.teacher_job))
+    elif job.scorer == "teacher":
         from ..models import load_pretrained
 
-        teacher = ctx.plan.experiment.teacher
-        model, tok = load_pretrained(teacher.arg("model"), trust_remote_code=bool(teacher.arg("trust_remote_code")))
+        model, tok = load_pretrained(job.teacher.arg("model"),
+                                     trust_remote_code=bool(job.teacher.arg("trust_remote_code")))
         model.eval()
     else:  # a trained student of another condition (e.g. rationale-before-label)
-        model, tok = trained(ctx, p["scorer_train"])
+        model, tok = trained(store, job.scorer_train)
     baseline = IG_BASELINE if tok.pad_token_id is not None else "zero"
     res = []
     for i in range(0, len(exs), 4):
         items = [IGItem(context=format_prompt(e), rationale=e.rationale, label=e.label) for e in exs[i:i + 4]]
         res += ig_word_scores(model, tok, items, baseline=baseline, steps=IG_STEPS)
-        ctx.progress(job.id, len(res), len(exs))
+        progress(len(res), len(exs))
     atomic_write_json(out / "rankings.json", {e.id: [float(x) for x in r.word_scores] for e, r in zip(exs, res)})
     atomic_write_json(out / "ig.json", [dict(r.to_dict(), ex_id=e.id) for e, r in zip(exs, res)])
     attribution_png(res[0], out / "ig_example.png", title=f"IG word attributions: {exs[0].id}",
@@ -169,26 +177,25 @@ def run_rank(job, ctx: Ctx, out: Path) -> dict:
             "median |delta|/|f(x)-f(b)|": None if summ["median_rel_delta"] is None else round(summ["median_rel_delta"], 3)}
 
 
-def run_render(job, ctx: Ctx, out: Path) -> dict:
+def run_render(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
     import polars as pl
 
     from ..render import render
 
-    p = job.params
-    exs = load_examples(ctx.dir(p["teacher"]) / "train.jsonl")
-    _, tok = ctx.base_student(p["student"], corpus(ctx, p["teacher"]))
+    ensure_plugins(job.plugins, job.plugin_paths)
+    exs = load_examples(job_dir(store, job.teacher_job) / "train.jsonl")
+    _, tok = base_student(job.student, corpus(store, job.teacher_job))
     rankings = None
-    if p["rank"]:
-        rankings = {"ig": json.loads((ctx.dir(p["rank"]) / "rankings.json").read_text())}
-    max_len = ctx.plan.experiment.train.max_len
+    if job.rank_job:
+        rankings = {"ig": json.loads((job_dir(store, job.rank_job) / "rankings.json").read_text())}
     rows = []
     for i, e in enumerate(exs):
-        for r in render(e, p["condition"], tok, seed=p["seed"], rankings=rankings, max_len=max_len):
+        for r in render(e, job.condition, tok, seed=job.seed, rankings=rankings, max_len=job.max_len):
             rows.append({"ex_id": r.ex_id, "task": r.task, "text": r.text, "input_ids": r.input_ids,
                          "loss_mask": r.loss_mask, "weight": r.weight, "prompt_len": r.prompt_len,
                          "label_span": list(r.label_span) if r.label_span else None,
                          "spans": json.dumps(r.spans)})
-        ctx.progress(job.id, i + 1, len(exs))
+        progress(i + 1, len(exs))
     pl.DataFrame(rows).write_parquet(out / "rendered.parquet")
     n_tok = sum(len(r["input_ids"]) for r in rows)
     n_sup = sum(sum(r["loss_mask"]) for r in rows)
@@ -208,56 +215,52 @@ def load_rendered(path: Path) -> list:
                      spans=[tuple(s) for s in json.loads(r["spans"])]) for r in rows]
 
 
-def run_train(job, ctx: Ctx, out: Path) -> dict:
+def run_train(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
     import copy
 
     from .train import train
 
-    p = job.params
-    seqs = load_rendered(ctx.dir(p["render"]))
-    render_job = ctx.plan.get(p["render"])
-    base, tok = ctx.base_student(p["student"], corpus(ctx, render_job.params["teacher"]))
+    seqs = load_rendered(job_dir(store, job.render_job))
+    base, tok = base_student(job.student, corpus(store, job.teacher_job))
     model = copy.deepcopy(base)
-    work = ctx.store.work("train", job.key)  # survives kill -9: training resumes from here
-    res = train(model, tok, seqs, ctx.plan.experiment.train, seed=p["seed"], out_dir=work,
-                progress=lambda i, n, loss: ctx.progress(job.id, i, n))
+    work = store.work("train", job.key)  # survives kill -9: training resumes from here
+    res = train(model, tok, seqs, job.train, seed=job.seed, out_dir=work,
+                progress=lambda i, n, loss: progress(i, n))
     shutil.move(str(work / "model"), str(out / "model"))
     info = {"steps": res.steps, "tokens_per_s": res.tokens_per_s, "seconds": res.time_s,
             "resumed_from": res.resumed_from, "device": res.device,
             "final_loss": res.losses[-1] if res.losses else None, "losses": res.losses}
     atomic_write_json(out / "train.json", info)
     model.eval()
-    ctx.last_trained = (job.id, model, tok)
+    _Memo.last_trained = (job.id, model, tok)
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in info.items() if k != "losses"}
 
 
-def trained(ctx: Ctx, train_id: str):
-    """(model, tokenizer) a train job produced: from memory if it just ran, else from disk."""
-    if ctx.last_trained is not None and ctx.last_trained[0] == train_id:
-        return ctx.last_trained[1], ctx.last_trained[2]
+def trained(store: Store, train_id: str):
+    """(model, tokenizer) a train job produced: from memory if it just ran here, else from disk."""
+    if _Memo.last_trained is not None and _Memo.last_trained[0] == train_id:
+        return _Memo.last_trained[1], _Memo.last_trained[2]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .device import pick_device
 
-    d = ctx.dir(train_id) / "model"
+    d = job_dir(store, train_id) / "model"
     model = AutoModelForCausalLM.from_pretrained(d).to(pick_device())
     model.eval()
     tok = AutoTokenizer.from_pretrained(d)
-    ctx.last_trained = (train_id, model, tok)
+    _Memo.last_trained = (train_id, model, tok)
     return model, tok
 
 
-def run_eval(job, ctx: Ctx, out: Path) -> dict:
+def run_eval(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
     import polars as pl
 
     from ..render import eval_context, generation_prompt_ids, parse_answer
     from .evaluate import generate, rank, score_generated
 
-    p, cfg = job.params, ctx.plan.experiment.eval
-    cond, seed = p["condition"], p["seed"]
-    model, tok = trained(ctx, p["train"])
-    test = load_examples(ctx.dir(p["data"]) / "test.jsonl")
-    prog = lambda i, n: ctx.progress(job.id, i, n)  # noqa: E731
+    cfg, cond, seed, prog = job.eval, job.condition, job.seed, progress
+    model, tok = trained(store, job.train_job)
+    test = load_examples(job_dir(store, job.data_job) / "test.jsonl")
     rows = []
     if cond.eval_by == "rank":
         items = [eval_context(e, cond, tok, seed=seed) for e in test]
@@ -306,21 +309,21 @@ def _probe_batch(test, cond, tok, seed):
     return seqs, positions, targets, kept
 
 
-def run_probe(job, ctx: Ctx, out: Path) -> dict:
-    p, cfg = job.params, ctx.plan.experiment.probe
-    model, tok = trained(ctx, p["train"])
-    test = load_examples(ctx.dir(p["data"]) / "test.jsonl")[: cfg.examples]
+def run_probe(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
+    cfg = job.probe
+    model, tok = trained(store, job.train_job)
+    test = load_examples(job_dir(store, job.data_job) / "test.jsonl")[: cfg.examples]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     def tuned():
         from interp.tuned import cached_tuned_lens
 
-        rendered = [r.input_ids for r in load_rendered(ctx.dir(p["render"]))]
+        rendered = [r.input_ids for r in load_rendered(job_dir(store, job.render_job))]
         batches = [_pad(rendered[i:i + 8], pad) for i in range(0, len(rendered), 8)]
-        return cached_tuned_lens(model, ctx.dir(p["train"]), batches, steps=cfg.tuned_steps, seed=p["seed"])
+        return cached_tuned_lens(model, job_dir(store, job.train_job), batches, steps=cfg.tuned_steps,
+                                 seed=job.seed)
 
-    df = lens_frame(model, tok, test, p["condition"], p["seed"], cfg.lenses, tuned=tuned,
-                    progress=lambda i, n: ctx.progress(job.id, i, n))
+    df = lens_frame(model, tok, test, job.condition, job.seed, cfg.lenses, tuned=tuned, progress=progress)
     df.write_parquet(out / "lens.parquet")
     return {"examples": df["ex_id"].n_unique(), "of": len(test), "lenses": ",".join(cfg.lenses)}
 
@@ -377,6 +380,20 @@ def _pad(seqs: list[list[int]], pad: int):
     from interp.lens import pad_right
 
     return pad_right(seqs, pad)
+
+
+def ensure_plugins(modules: tuple[str, ...], paths: tuple[str, ...]) -> None:
+    """Import the spec's plugin modules in this process (a worker starts with built-ins only)."""
+    import sys
+
+    from .. import perturb
+
+    for d in paths:
+        if d not in sys.path:
+            sys.path.append(d)
+    missing = [m for m in modules if m not in sys.modules]
+    if missing:
+        perturb.load_plugins(missing, entry_points=True)
 
 
 RUNNERS = {"data": run_data, "teacher": run_teacher, "rank": run_rank, "render": run_render,

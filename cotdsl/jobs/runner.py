@@ -1,0 +1,70 @@
+"""Run one job against the store: the single code path every executor calls.
+
+`run_job(job, store_root)` takes the job's lock, returns "cached" if another process published it
+meanwhile, clears temp dirs a killed run left, runs the stage into a temp dir and publishes it by
+atomic rename. A job that raises returns a "failed" Outcome with its cause and traceback (a
+deterministic failure: bad data, NaN loss — not retried); only a worker that dies (kill -9, node
+loss, out of memory) is retried, by the executor, because then no Outcome comes back at all.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..cache import Store, atomic_write_json
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Outcome:
+    status: str  # ran | cached | failed | skipped
+    seconds: float = 0.0
+    info: dict = field(default_factory=dict)
+    cause: str | None = None
+    user_error: bool = False  # failed on the user's input (a CotError), not on a bug or a crash
+    trace: str | None = None  # traceback of a failure, written to runs/<exp>/failures/
+    attempts: int = 1  # 2+ when a crashed worker's job was retried
+
+
+def cause_of(exc: BaseException) -> str:
+    from ..errors import CotError
+
+    if isinstance(exc, CotError):
+        return exc.render()
+    name = type(exc).__name__
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if "out of memory" in msg.lower() or isinstance(exc, MemoryError):
+        return f"out of memory ({name}): {msg}"
+    return f"{name}: {msg}"
+
+
+def run_job(job, store: Store | str | Path, progress: Progress | None = None,
+            on_wait: Callable[[], None] | None = None) -> Outcome:
+    """Run `job` unless the store has it. Never raises for a job's own failure; a
+    KeyboardInterrupt (SIGINT/SIGTERM) propagates after the temp dir and lock are released."""
+    from ..errors import CotError
+    from .stages import RUNNERS
+
+    store = store if isinstance(store, Store) else Store(Path(store))
+    if store.done(job.stage, job.key):
+        return Outcome("cached")
+    with store.lock(job.stage, job.key, on_wait=on_wait):
+        if store.done(job.stage, job.key):  # another process finished it while we waited
+            return Outcome("cached")
+        store.clean_stale(job.stage, job.key)
+        t0 = time.perf_counter()
+        try:
+            with store.writing(job.stage, job.key) as out:
+                info = RUNNERS[job.stage](job, store, out, progress or (lambda i, n: None)) or {}
+                atomic_write_json(out / "job.json", {"label": job.label, "info": info,
+                                                     "seconds": time.perf_counter() - t0})
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the others
+            return Outcome("failed", time.perf_counter() - t0, cause=cause_of(exc),
+                           user_error=isinstance(exc, CotError), trace=traceback.format_exc())
+        return Outcome("ran", time.perf_counter() - t0, info)
