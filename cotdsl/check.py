@@ -7,14 +7,16 @@ targets (sweeps, segments, perturbation calls against `cotdsl.perturb.REGISTRY`,
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from cotdsl import ast, perturb, spec
 from cotdsl.errors import Collector, CotError, did_you_mean
 from cotdsl.parse import parse_source, read_source
-from cotdsl.check_decls import BAD, DATA, EVAL, PROBE, STUDENT, TEACHER, TRAIN, P, bind, coerce
+from cotdsl.check_decls import BAD, DATA, EVAL, PROBE, STUDENT, TEACHER, TRAIN, P, arg_values, bind, coerce
 from cotdsl.check_targets import build_conditions
 
 FIELDS = ("label", "rationale")
@@ -106,20 +108,33 @@ class _Checker:
             stmts += [(s, rank) for s in f.toplevel]
         if exps:
             stmts += [(s, len(files) - 1) for s in exps[0].body]
-        plugins = list(dict.fromkeys(p for f in files for p in f.plugins))
+        first: dict[str, ast.Plugin] = {}
+        for p in (p for f in files for p in f.plugins):
+            first.setdefault(p.module, p)  # a plugin named by several files loads once
+        plugins = list(first.values())
         self._load_plugins(plugins)
         at = exps[0].pos if exps else spec.Pos(self.path, 1, 1)
         exp = self._experiment(exps[0].name if exps else "experiment", path, stmts, plugins, at)
         self.col.raise_if_any()
         return exp
 
+    def _plugin_dir(self, p: ast.Plugin) -> str:
+        """The declaring spec's folder when the module (or its top package) sits there, else ""."""
+        base = self._base(p.pos)
+        top = p.module.split(".")[0]
+        return str(base) if (base / f"{top}.py").is_file() or (base / top / "__init__.py").is_file() else ""
+
     def _load_plugins(self, plugins: list[ast.Plugin]) -> None:
+        self.plugin_paths: list[str] = []
         for p in plugins:
+            self.plugin_paths.append("")
             if not all(part.isidentifier() for part in p.module.split(".")):
                 self.col.error(p.pos, f"`{p.module}` is not a Python module name")
                 continue
+            self.plugin_paths[-1] = where = self._plugin_dir(p)
             try:
-                perturb.load_plugins([p.module], entry_points=False)
+                with plugin_search([where]):
+                    perturb.load_plugins([p.module], entry_points=False)
             except CotError as e:
                 for d in e.diagnostics:
                     self.col.error(p.pos, d.message, hint=d.hint)
@@ -196,7 +211,8 @@ class _Checker:
         return spec.Experiment(
             name=name, path=path, seeds=seeds, data=data, teacher=teachers[0] if teachers else None,
             students=students, conditions=tuple(conds), train=train, eval=evalc, probe=probe,
-            plugins=tuple(p.module for p in plugins), notes=tuple(dict.fromkeys(self.notes)))
+            plugins=tuple(p.module for p in plugins), plugin_paths=tuple(self.plugin_paths),
+            notes=tuple(dict.fromkeys(self.notes)))
 
     def _check_scorers(self, conds: list[spec.Condition], teacher: spec.Teacher | None) -> None:
         """`keytokens(..., by: ig, scorer: X)`: X is "student", "teacher" (an hf teacher) or the
@@ -254,7 +270,11 @@ class _Checker:
         args = bind(call, table[fn], self.col, f"`{d.kind} {fn}`", base=self._base(d.pos))
         if args is None:
             return None
-        return cls(d.name, fn, tuple(args.items()), d.pos)
+        out = cls(d.name, fn, tuple(args.items()), d.pos)
+        if d.kind in ("data", "teacher"):
+            from cotdsl.check_data import preflight  # reads only the files' headers / first rows
+            preflight(out, arg_values(call, table[fn]), self.col)
+        return out
 
     def _section(self, entries: dict, table: tuple, kind: str) -> dict:
         params = {p.name: p for p in table}
@@ -282,6 +302,31 @@ class _Checker:
     # ---- targets -----------------------------------------------------------------------------
     def _target(self, t: ast.Target, eval_by: str) -> list[spec.Condition]:
         return build_conditions(t, eval_by, self.col, self.notes)
+
+
+@contextlib.contextmanager
+def plugin_search(dirs):
+    """Put `dirs` (empty entries skipped) first on sys.path while importing plugins, then take
+    exactly those entries out again: a spec's folder must not stay importable for everything."""
+    added = [d for d in dict.fromkeys(dirs) if d]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for d in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(d)
+
+
+def import_plugins(exp: spec.Experiment) -> list[str]:
+    """Import a checked experiment's plugins in this process (e.g. a worker), each from the
+    folder `check` found it in; returns the perturbations added."""
+    paths = exp.plugin_paths or ("",) * len(exp.plugins)
+    added = []
+    for module, where in zip(exp.plugins, paths):
+        with plugin_search([where]):
+            added += perturb.load_plugins([module], entry_points=False)
+    return added
 
 
 _EXAMPLE = {"data": 'data toy = builtin("facts", train: 400, test: 200)', "teacher": "teacher gold = gold",

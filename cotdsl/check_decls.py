@@ -24,8 +24,10 @@ BAD = _Bad()  # "this value was wrong; the error is already recorded"
 
 @dataclass(frozen=True)
 class P:
-    """One parameter. type: int | float | str | bool | "map" | "path" | "name_or_path" | "list".
-    Duck-compatible with `perturb.Param` (name, type, lo, hi, default, choices)."""
+    """One parameter. type: int | float | str | bool | "map" | "path_map" (a map of paths, keys
+    free) | "path" | "name_or_path" | "list". Duck-compatible with `perturb.Param` (name, type,
+    lo, hi, default, choices). `alias` is a second accepted name (`data_files` for `files`, as
+    `datasets.load_dataset` spells it)."""
 
     name: str
     type: Any
@@ -34,6 +36,7 @@ class P:
     hi: float | None = None
     choices: tuple[str, ...] | None = None
     open_lo: bool = False  # lo itself is not allowed (lr > 0)
+    alias: str | None = None
 
 
 DATA_FIELDS = ("question", "choices", "label", "id", "rationale", "highlights")
@@ -41,18 +44,19 @@ DATA = {
     "builtin": (P("task", str, choices=("facts", "chain")), P("train", int, lo=1), P("test", int, lo=1),
                 P("seed", int, 0, lo=0), P("choices", int, 4, lo=2, hi=10), P("entities", int, None, lo=2)),
     "hf": (P("dataset", "dataset"), P("train", int, None, lo=1), P("test", int, None, lo=1),
-           P("config", str, None), P("train_split", str, None), P("test_split", str, None)),
+           P("config", str, None), P("train_split", str, None), P("test_split", str, None),
+           P("files", "path_map", None, alias="data_files"), P("disk", "path", None)),
     "file": (P("train", "path"), P("test", "path"), P("fields", "map", None, choices=DATA_FIELDS),
              P("format", str, None, choices=("jsonl", "csv", "parquet"))),
 }
 TEACHER = {
     "gold": (),
-    "file": (P("path", "path"), P("field", str, "rationale")),
+    "file": (P("path", "path"), P("field", str, "rationale"), P("strip_answer", bool, None)),
     "hf": (P("model", "name_or_path"), P("prompt", str, None), P("samples", int, 1, lo=1),
            P("temperature", float, 0.0, lo=0), P("top_p", float, None, lo=0, hi=1, open_lo=True),
            P("top_k", int, None, lo=1), P("max_new_tokens", int, 128, lo=1), P("filter", bool, True),
            P("batch", int, 8, lo=1), P("trust_remote_code", bool, False), P("revision", str, None),
-           P("seed", int, None, lo=0)),
+           P("seed", int, None, lo=0), P("strip_answer", bool, None)),
 }
 STUDENT = {
     "smollm2": (),
@@ -64,13 +68,15 @@ STUDENT = {
 TRAIN = (P("epochs", float, lo=0, open_lo=True), P("lr", float, lo=0, open_lo=True), P("batch", int, lo=1),
          P("max_len", int, lo=8), P("warmup", float, lo=0, hi=1), P("weight_decay", float, lo=0),
          P("grad_accum", int, lo=1), P("max_steps", int, lo=1), P("lora", int, lo=1),
-         P("precision", str, choices=("auto", "fp32", "bf16")), P("checkpoint_every", int, lo=1))
+         P("precision", str, choices=("auto", "fp32", "bf16")), P("checkpoint_every", int, lo=1),
+         P("devices", int, lo=1), P("strategy", str, choices=("ddp", "fsdp")))
 EVAL = (P("by", str, choices=("auto", "rank", "generate")), P("max_new_tokens", int, lo=1), P("batch", int, lo=1))
 PROBE = (P("lenses", "list", choices=("logit", "tuned")), P("at", str, choices=("label",)),
          P("examples", int, lo=1), P("tuned_steps", int, lo=0))
 
 _WANT = {int: "an integer", float: "a number", str: "a string", bool: "`true` or `false`",
-         "map": "a map `{key: value, ...}`", "path": "a file path string", "name_or_path": "a name or path string",
+         "map": "a map `{key: value, ...}`", "path_map": 'a map of paths `{train: "...", test: "..."}`',
+         "path": "a file path string", "name_or_path": "a name or path string",
          "dataset": "a dataset name (csqa, obqa, quarel or a hub path)"}
 
 
@@ -142,11 +148,12 @@ def coerce(v: ast.Value, p: Any, col: Collector, where: str, base: Path | None =
             return v.id == "true"
         col.error(v.pos, f"{where}: `{name}` expects {_WANT[bool]}, got {describe(v)}")
         return BAD
-    if t == "map":
+    if t in ("map", "path_map"):
         if not isinstance(v, ast.MapV):
-            col.error(v.pos, f"{where}: `{name}` expects {_WANT['map']}, got {describe(v)}")
+            col.error(v.pos, f"{where}: `{name}` expects {_WANT[t]}, got {describe(v)}")
             return BAD
         out: dict[str, str] = {}
+        ok = True
         for kv in v.items:
             if p.choices and kv.key not in p.choices:
                 col.error(kv.pos, f"{where}: unknown key `{kv.key}` in `{name}`",
@@ -156,9 +163,12 @@ def coerce(v: ast.Value, p: Any, col: Collector, where: str, base: Path | None =
                 col.error(kv.pos, f"{where}: duplicate key `{kv.key}` in `{name}`")
                 continue
             x = _word(kv.value, col, where, kv.key)
+            if x is not BAD and t == "path_map":
+                x = _path(x, kv.value, col, where, f"{name}.{kv.key}", base)
             if x is not BAD:
                 out[kv.key] = x
-        return out
+            ok = ok and x is not BAD
+        return out if ok or t == "map" else BAD  # a path map with a missing file is not usable
     x = _word(v, col, where, name)  # str, path, name_or_path, dataset
     if x is BAD:
         return BAD
@@ -188,6 +198,7 @@ def bind(call: ast.CallV, params: tuple, col: Collector, what: str, *, base: Pat
     """Positional args (in `params` order) and `key: value` args -> {name: value} including
     non-None defaults. Reports arity, unknown/duplicate/missing arguments; None if any failed."""
     names = [p.name for p in params]
+    alias = {p.alias: p.name for p in params if getattr(p, "alias", None)}
     given: dict[str, ast.Value] = {}
     ok = True
     if len(call.args) > len(params):
@@ -198,15 +209,18 @@ def bind(call: ast.CallV, params: tuple, col: Collector, what: str, *, base: Pat
     for p, a in zip(params, call.args):
         given[p.name] = a
     for kw in call.kwargs:
-        if kw.key not in names:
+        key = alias.get(kw.key, kw.key)
+        if key not in names:
             col.error(kw.pos, f"{what} has no argument `{kw.key}`", expected=[f"`{n}`" for n in names] or None,
-                      hint=did_you_mean(kw.key, names))
+                      hint=did_you_mean(kw.key, names + list(alias)))
             ok = False
-        elif kw.key in given:
-            col.error(kw.pos, f"{what}: argument `{kw.key}` given twice")
+        elif key in given:
+            other = next((a for a, n in alias.items() if n == key), None)
+            same = f" (`{key}` and `{other}` are the same argument)" if other else ""
+            col.error(kw.pos, f"{what}: argument `{kw.key}` given twice{same}")
             ok = False
         else:
-            given[kw.key] = kw.value
+            given[key] = kw.value
     out: dict[str, Any] = {}
     for p in params:
         if p.name in given:
@@ -219,3 +233,12 @@ def bind(call: ast.CallV, params: tuple, col: Collector, what: str, *, base: Pat
         elif p.default is not None:
             out[p.name] = p.default
     return out if ok else None
+
+
+def arg_values(call: ast.CallV, params: tuple) -> dict[str, ast.Value]:
+    """{parameter name: its value as written} (positional, keyword or alias), for positions."""
+    alias = {p.alias: p.name for p in params if getattr(p, "alias", None)}
+    out = {p.name: a for p, a in zip(params, call.args)}
+    for kw in call.kwargs:
+        out.setdefault(alias.get(kw.key, kw.key), kw.value)
+    return out

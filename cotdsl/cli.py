@@ -85,9 +85,21 @@ def _segments(cond) -> str:
 
 
 @app.command()
-def plan(file: Path = typer.Argument(..., help="a spec file (.cot)")):
-    """Show the resolved grid: conditions x students x data x seeds, with counts."""
+def plan(file: Path = typer.Argument(..., help="a spec file (.cot)"),
+         estimate: bool = typer.Option(False, "--estimate", help="also print tokens, FLOPs and device-hours per stage"),
+         device: Optional[List[str]] = typer.Option(None, "--device", help="with --estimate: a100 | h100 | cpu (repeatable; default all)"),
+         limit: Optional[int] = typer.Option(None, "--limit", help="with --estimate: as `run --limit N`"),
+         limit_test: Optional[int] = typer.Option(None, "--limit-test", help="with --estimate: as `run --limit-test N`")):
+    """Show the resolved grid: conditions x students x data x seeds, with counts; with --estimate,
+    what it costs (jobs, tokens, FLOPs, GPU/CPU-hours per stage) without loading models or data."""
     with guard():
+        given = [f for f, v in (("--device", device), ("--limit", limit), ("--limit-test", limit_test)) if v]
+        if given and not estimate:
+            raise CotError(f"{given[0]} needs --estimate")
+        if estimate:  # an unknown device fails before the spec is even read
+            from cotdsl import estimate as est_mod
+            names = [d for name in (device or list(est_mod.DEVICES)) for d in name.split(",") if d.strip()]
+            devs = list(dict.fromkeys(est_mod.device(d) for d in names))
         exp = _load(file)
         t = Table(title=escape(f"experiment {exp.name}"))
         for col in ("condition", "family", "params", "target", "eval"):
@@ -104,6 +116,11 @@ def plan(file: Path = typer.Argument(..., help="a spec file (.cot)")):
                   f"x {len(exp.seeds)} seeds = [bold]{n}[/bold] training runs")
         for note in exp.notes:
             out.print(f"note: {note}", markup=False, soft_wrap=True)
+        if estimate:
+            est = est_mod.estimate(exp, limit=limit, limit_test=limit_test)
+            out.print(est_mod.table(est, devs))
+            for line in est_mod.summary(est, devs):
+                out.print(line, markup=False, soft_wrap=True)
 
 
 @app.command()

@@ -164,7 +164,7 @@ def make_plan(exp: Experiment, *, limit: int | None = None, limit_test: int | No
                                                    perturbation_versions(cond)]),
                                   deps=deps, label=f"render {name}", teacher_job=t.id,
                                   rank_job=rank.id if rank is not None else None, max_len=exp.train.max_len,
-                                  plugins=exp.plugins, plugin_paths=getattr(exp, "plugin_paths", ()), **common)
+                                  plugins=exp.plugins, plugin_paths=plugin_dirs(exp.plugins), **common)
                     tr = TrainJob(key=stable_hash([r.key, exp.train, v["train"]]), deps=(r.id,), label=f"train {name}",
                                   render_job=r.id, teacher_job=t.id, train=exp.train,
                                   resources=res("train", stu, exp.train.batch), **common)
@@ -180,6 +180,24 @@ def make_plan(exp: Experiment, *, limit: int | None = None, limit_test: int | No
                             render_job=r.id, probe=exp.probe, resources=res("probe", stu), **common))
             jobs += deferred
     return Plan(exp, tuple(_toposort(jobs)), limit)
+
+
+def plugin_dirs(modules: tuple[str, ...]) -> tuple[str, ...]:
+    """The sys.path entry each loaded plugin module was imported from, so a worker process (local,
+    Ray, Slurm) can import it too: the spec's folder, a PYTHONPATH entry, site-packages."""
+    import sys
+    from pathlib import Path
+
+    out = []
+    for name in modules:
+        f = getattr(sys.modules.get(name), "__file__", None)
+        if not f:
+            continue
+        d = Path(f).resolve().parent
+        for _ in range(name.count(".") + (Path(f).name == "__init__.py")):
+            d = d.parent
+        out.append(str(d))
+    return tuple(dict.fromkeys(out))
 
 
 def _gpu_visible() -> bool:

@@ -127,6 +127,8 @@ class TrainCfg:
     lora: int | None = None  # LoRA rank; None = full fine-tuning
     precision: str = "auto"  # auto | fp32 | bf16
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
+    devices: int = 1  # processes (GPUs, or CPU processes over gloo) one training job runs on, data-parallel
+    strategy: str = "ddp"  # ddp | fsdp (fsdp: CUDA only); used when devices > 1
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,9 @@ class Experiment:
     eval: EvalCfg = EvalCfg()
     probe: ProbeCfg | None = None
     plugins: tuple[str, ...] = ()
+    # per plugin: the folder it was imported from when it sits next to its spec ("" = found on
+    # sys.path); a worker process imports it again with `check.import_plugins(exp)`
+    plugin_paths: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # check-time remarks shown by `cotdsl check` (e.g. placeholder rankings)
 
 

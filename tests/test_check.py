@@ -85,9 +85,10 @@ def test_multitask_tasks_and_first_task_needs_label():
 
 
 def test_other_kinds_of_data_teacher_student(tmp_path):
-    (tmp_path / "tr.jsonl").write_text("{}\n")
-    (tmp_path / "te.jsonl").write_text("{}\n")
-    (tmp_path / "r.jsonl").write_text("{}\n")
+    row = '{"q": "Is ice cold?", "choices": ["yes", "no"], "gold": "yes"}\n'
+    (tmp_path / "tr.jsonl").write_text(row)
+    (tmp_path / "te.jsonl").write_text(row)
+    (tmp_path / "r.jsonl").write_text('{"id": "tr-1", "expl": "Ice is frozen water."}\n')
     src = textwrap.dedent('''
         experiment x {
           data    f = file(train: "tr.jsonl", test: "te.jsonl", fields: {question: "q", label: "gold"})
@@ -142,7 +143,7 @@ def test_plugin_from_temporary_module(tmp_path, monkeypatch):
 
 def test_relative_paths_resolve_against_spec_folder(tmp_path, monkeypatch):
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "r.jsonl").write_text("{}\n")
+    (tmp_path / "sub" / "r.jsonl").write_text('{"id": "a", "rationale": "r"}\n')
     (tmp_path / "sub" / "x.cot").write_text(HEAD.replace("teacher gold = gold", 'teacher t = file("r.jsonl")')
                                             + "  target a = label\n}\n")
     monkeypatch.chdir(tmp_path)

@@ -89,7 +89,7 @@ def test_file_level_errors(tmp_path):
     with pytest.raises(CotError, match="unknown format"):
         load_file(tmp_path / "x.txt", IDENT)
     (tmp_path / "j.jsonl").write_text('{"question": "Q?"}\n{oops\n')
-    with pytest.raises(CotError, match="row 2: not valid JSON"):
+    with pytest.raises(CotError, match=r"row 2(, column \d+)?: not valid JSON"):
         load_file(tmp_path / "j.jsonl", IDENT)
     p = write_jsonl(tmp_path / "d.jsonl", [{"id": 1, "question": "Q", "choices": "a|b", "label": "a"}] * 2)
     with pytest.raises(CotError, match="row 2: field 'id': duplicate"):
@@ -107,3 +107,53 @@ def test_mapping_errors(tmp_path):
     q.write_text(p.read_text())
     train, _ = load_source(src(q, q, None, fmt="jsonl"))
     assert train[0].label == "a"
+
+
+HUB = __import__("pathlib").Path(__file__).parent / "data"
+
+
+def test_hub_form_choices_and_dotted_paths_need_no_reshaping(tmp_path):
+    from cotdsl.data.adapters import convert
+
+    # CSQA as the hub ships it: choices {label, text}, answerKey a letter.
+    hub = [json.loads(line) for line in (HUB / "csqa.jsonl").read_text().splitlines()]
+    got = load_file(HUB / "csqa.jsonl", {**IDENT, "label": "answerKey"})
+    want = convert("csqa", hub, "csqa")
+    assert [(e.id, e.question, e.choices, e.answer) for e in got] == \
+           [(e.id, e.question, e.choices, e.answer) for e in want]
+    # The same with a dotted path to the texts, the label being the answer text.
+    rows = [{**r, "gold": r["choices"]["text"][r["choices"]["label"].index(r["answerKey"])]} for r in hub]
+    p = write_jsonl(tmp_path / "dotted.jsonl", rows)
+    assert [e.answer for e in load_file(p, {**IDENT, "choices": "choices.text", "label": "gold"})] == \
+           [e.answer for e in want]
+    # The original CommonsenseQA release: question {stem, choices: [{label, text}]}.
+    orig = [{"id": r["id"], "answerKey": r["answerKey"],
+             "question": {"stem": r["question"], "choices": [{"label": l, "text": t} for l, t in
+                                                             zip(r["choices"]["label"], r["choices"]["text"])]}}
+            for r in hub]
+    p = write_jsonl(tmp_path / "orig.jsonl", orig)
+    got = load_file(p, {**IDENT, "question": "question.stem", "choices": "question.choices", "label": "answerKey"})
+    assert [(e.question, e.choices, e.answer) for e in got] == [(e.question, e.choices, e.answer) for e in want]
+
+
+def test_hub_labels_win_over_positions_and_other_containers(tmp_path):
+    # OBQA/ARC-style numeric labels: answerKey "3" is the third choice, not index 3.
+    row = {"q": "Which?", "choices": {"label": ["1", "2", "3", "4"], "text": ["a", "b", "c", "d"]}, "answerKey": "3"}
+    p = write_jsonl(tmp_path / "n.jsonl", [row])
+    (ex,) = load_file(p, {**IDENT, "question": "q", "label": "answerKey"})
+    assert ex.answer == 2 and ex.label == "c"
+    # csv: a cell holding the hub dict as JSON, and a dotted path into it
+    (tmp_path / "h.csv").write_text('question,choices,label\nWhich?,"{""label"": [""A"", ""B""], '
+                                    '""text"": [""x"", ""y""]}",B\n')
+    (ex,) = load_file(tmp_path / "h.csv", IDENT)
+    assert ex.choices == ("x", "y") and ex.answer == 1
+    (ex,) = load_file(tmp_path / "h.csv", {**IDENT, "choices": "choices.text", "label": "label"})
+    assert ex.choices == ("x", "y") and ex.answer == 1
+    # parquet struct column (what the hub's own parquet exports hold)
+    pl.DataFrame({"question": ["Q?"], "choices": [{"label": ["A", "B"], "text": ["u", "v"]}],
+                  "answerKey": ["A"]}).write_parquet(tmp_path / "s.parquet")
+    (ex,) = load_file(tmp_path / "s.parquet", {**IDENT, "label": "answerKey"})
+    assert ex.choices == ("u", "v") and ex.answer == 0
+    bad = write_jsonl(tmp_path / "b.jsonl", [{"question": "Q?", "choices": {"label": ["A"], "txt": ["x"]}, "label": "A"}])
+    with pytest.raises(CotError, match=r"row 1: field 'choices': a dict of choices needs `text`"):
+        load_file(bad, IDENT)

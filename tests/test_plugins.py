@@ -141,3 +141,41 @@ def test_plugin_used_in_a_checked_spec(plugin_dir):
     # a bad argument to the plugin's perturbation is caught by the checker, with its position
     with pytest.raises(CotError, match="frac|1.5|range|\\[0"):
         check.check_source(textwrap.dedent(src).replace("0.75", "1.5"), "plug.cot")
+
+
+@pytest.fixture()
+def isolated():
+    """REGISTRY, sys.modules and sys.path restored afterwards (nothing is put on sys.path)."""
+    saved, mods, path = dict(perturb.REGISTRY), set(sys.modules), list(sys.path)
+    yield
+    perturb.REGISTRY.clear()
+    perturb.REGISTRY.update(saved)
+    for m in set(sys.modules) - mods:
+        del sys.modules[m]
+    sys.path[:] = path
+
+
+def test_plugin_next_to_the_spec_is_found_recorded_and_reimportable(tmp_path, isolated):
+    from cotdsl.check import import_plugins, load
+
+    specs = tmp_path / "specs"
+    (specs / "lib").mkdir(parents=True)
+    mod, name = write_plugin(specs)  # a module beside the spec, not on PYTHONPATH
+    pkg = f"cotpkg_{uuid.uuid4().hex[:8]}"  # a package beside an imported library
+    (specs / "lib" / pkg).mkdir()
+    (specs / "lib" / pkg / "__init__.py").write_text("")
+    sub, sub_name = write_plugin(specs / "lib" / pkg)
+    (specs / "lib" / "common.cot").write_text(f'plugin "{pkg}.{sub}"\ndata toy = builtin("facts", train: 8, test: 4)\n')
+    (specs / "x.cot").write_text(f'import "lib/common.cot"\nplugin "{mod}"\nexperiment x {{\n  teacher g = gold\n'
+                                 f'  student s = tiny()\n  target a = label -> {name}(rationale)\n'
+                                 f'  target b = label -> {sub_name}(rationale, 0.25)\n}}\n')
+    path_before = list(sys.path)
+    exp = load(specs / "x.cot")
+    assert sys.path == path_before  # the spec's folder was only searched while importing
+    assert exp.plugins == (f"{pkg}.{sub}", mod)
+    assert exp.plugin_paths == (str(specs / "lib"), str(specs))
+    # a worker process starts without them: import_plugins finds them again from the record
+    for m in (mod, f"{pkg}.{sub}", pkg):
+        del sys.modules[m]
+    del perturb.REGISTRY[name], perturb.REGISTRY[sub_name]
+    assert set(import_plugins(exp)) == {name, sub_name} and sys.path == path_before

@@ -161,3 +161,49 @@ def test_smollm2_teacher_rationalizes_builtin_questions(tmp_path):
     assert len(kept) >= 2
     for e in kept:
         assert stated_answer(e.rationale, e) == e.answer and "\n\n" not in e.rationale
+
+
+HOT = Example("q2", "What protects hands from a hot oven tray?", ("ice cubes", "holding hot trays", "oven mitts"), 2)
+
+
+@pytest.mark.parametrize("text,want", [
+    ("The answer is C because oven mitts are thick.", "Oven mitts are thick."),
+    ("Answer: (C). Mitts are thick.", "Mitts are thick."),
+    ("C is correct because mitts insulate.", "Mitts insulate."),
+    ("The answer is holding hot trays because that is what mitts are for.", "That is what mitts are for."),
+    ("So the correct answer is (C), since mitts insulate.", "Mitts insulate."),
+    ("the answer is: oven mitts - they insulate", "They insulate"),
+    ("The answer is C.", None),  # nothing but the statement
+    ("Oven mitts are thick, so the answer is C.", "Oven mitts are thick, so the answer is C."),  # not leading
+    ("Because mitts insulate.", "Because mitts insulate."),
+    ("The answer is Because", "The answer is Because"),
+])
+def test_strip_answer(text, want):
+    assert T.strip_answer(text, HOT) == want
+
+
+def test_file_teacher_strip_answer(tmp_path, caplog):
+    data = exs(3)
+    p = tmp_path / "r.jsonl"
+    texts = [f"The answer is {data[0].letter} because it is made of {data[0].meta['material']}.",
+             f"The answer is {data[1].label}, since that is its colour.", "The answer is A."]
+    p.write_text("\n".join(json.dumps({"id": e.id, "rationale": t}) for e, t in zip(data, texts)))
+    plain = Teacher("t", "file", (("path", str(p)),))
+    assert [e.rationale for e in rationalize(plain, data, cache_dir=tmp_path)] == texts
+    out = rationalize(Teacher("t", "file", (("path", str(p)), ("strip_answer", True))), data, cache_dir=tmp_path)
+    assert [e.rationale for e in out] == [f"It is made of {data[0].meta['material']}.", "That is its colour.", None]
+    assert data[2].id in caplog.text
+
+
+def test_hf_teacher_strips_after_the_filter_read_the_answer(tiny_dir, tmp_path, monkeypatch):
+    data = exs(3)
+
+    def fake(model, tok, prompts, settings, seed):  # per prompt: a wrong answer, then the gold one
+        golds = [p.rsplit("Answer: ", 1)[1][0] for p in prompts]
+        return [[f"The answer is {'A' if g != 'A' else 'B'} because no.", f"The answer is {g} because yes."]
+                for g in golds]
+
+    monkeypatch.setattr(T, "generate_samples", fake)
+    out = rationalize(hf_teacher(tiny_dir, samples=2, temperature=1.0, strip_answer=True), data, cache_dir=tmp_path)
+    assert [e.rationale for e in out] == ["Yes."] * 3
+    assert [e.meta["rationales"] for e in out] == [["Yes."]] * 3 and all(e.meta["teacher_kept"] == 1 for e in out)

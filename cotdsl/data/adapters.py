@@ -9,11 +9,17 @@ plain dict in the hub's exact schema:
   additional adds fact1 (the open-book science fact), used as a gold rationale.
 - ``allenai/quarel``: id, question with the options inline ("... (A) John (B) Rita"),
   answer_index, logical_forms, logical_form_pretty, world_literals{world1, world2}.
+
+The same rows may come from local files in that schema (`files: {train: ..., test: ...}`: jsonl,
+parquet, arrow, or `save_to_disk` folders; `disk:` a `DatasetDict.save_to_disk` folder), so a
+researcher who already downloaded a dataset can use it offline through the same mapping.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ..schema import Example
@@ -79,12 +85,15 @@ class Adapter:
     train_split: str
     test_split: str
     to_example: Callable[[dict], Example]
+    columns: tuple[str, ...]  # what `to_example` reads (checked in local files at `cotdsl check`)
 
 
 ADAPTERS: dict[str, Adapter] = {
-    "csqa": Adapter("tau/commonsense_qa", None, "train", "validation", csqa_row),
-    "obqa": Adapter("allenai/openbookqa", "main", "train", "test", obqa_row),
-    "quarel": Adapter("allenai/quarel", None, "train", "test", quarel_row),
+    "csqa": Adapter("tau/commonsense_qa", None, "train", "validation", csqa_row,
+                    ("id", "question", "choices", "answerKey")),
+    "obqa": Adapter("allenai/openbookqa", "main", "train", "test", obqa_row,
+                    ("id", "question_stem", "choices", "answerKey")),
+    "quarel": Adapter("allenai/quarel", None, "train", "test", quarel_row, ("id", "question", "answer_index")),
 }
 _BY_PATH = {a.path.lower(): k for k, a in ADAPTERS.items()}
 # Older hub names without the organisation prefix.
@@ -125,8 +134,45 @@ def _count(src: Source, key: str) -> int | None:
     return n
 
 
+def local_splits(ad: Adapter, src: Source, available) -> dict[str, str]:
+    """{role: split} for local files: `<role>_split` when given, else the adapter's default split
+    when the files have it (CSQA's labelled `validation` for test), else the role's name."""
+    out = {}
+    for role, default in (("train", ad.train_split), ("test", ad.test_split)):
+        out[role] = src.arg(f"{role}_split") or (default if default in available else role)
+    return out
+
+
+def _local_paths(src: Source) -> dict[str, str] | None:
+    """split -> file or folder, from `files: {...}` or the splits of a `disk:` DatasetDict folder."""
+    if src.arg("files") is not None:
+        return dict(src.arg("files"))
+    if src.arg("disk") is not None:
+        disk = Path(src.arg("disk"))
+        try:
+            splits = json.loads((disk / "dataset_dict.json").read_text())["splits"]
+        except (OSError, ValueError, KeyError):
+            raise user_error(f"data {src.name}: {disk} is not a folder written by DatasetDict.save_to_disk",
+                             src.pos) from None
+        return {s: str(disk / s) for s in splits}
+    return None
+
+
+def _read_local(path: str, n: int | None):
+    """Hub-schema rows of one local split: a `save_to_disk` folder or a jsonl/parquet/arrow file."""
+    import datasets
+
+    p = Path(path)
+    if p.is_dir():
+        ds = datasets.load_from_disk(str(p))
+        return ds.select(range(min(n, len(ds)))) if n is not None else ds
+    builder = {".parquet": "parquet", ".arrow": "arrow"}.get(p.suffix.lower(), "json")
+    return datasets.load_dataset(builder, data_files=str(p), split="train" if n is None else f"train[:{n}]")
+
+
 def load_hf(src: Source) -> tuple[list[Example], list[Example]]:
-    """Source(kind="hf") -> (train, test): the first `train` / `test` rows of each split."""
+    """Source(kind="hf") -> (train, test): the first `train` / `test` rows of each split, from
+    the hub or from local files in the hub's schema."""
     import datasets
 
     try:
@@ -134,6 +180,21 @@ def load_hf(src: Source) -> tuple[list[Example], list[Example]]:
     except ValueError as e:
         raise user_error(f"data {src.name}: {e}", src.pos) from None
     ad = ADAPTERS[key]
+    local = _local_paths(src)
+    if local is not None:
+        out = []
+        for role, split in local_splits(ad, src, local).items():
+            n = _count(src, role)
+            if split not in local:
+                raise user_error(f"data {src.name}: no {split!r} split among {sorted(local)}", src.pos,
+                                 hint=f'name the {role} split: {role}_split: "<split>"')
+            try:
+                rows = [] if n == 0 else _read_local(local[split], n)
+            except Exception as e:  # corrupt file, wrong format: user-facing
+                raise user_error(f"data {src.name}: could not read {local[split]}: {type(e).__name__}: {e}",
+                                 src.pos) from None
+            out.append(convert(key, rows, local[split]))
+        return out[0], out[1]
     config = src.arg("config", ad.config)
     out = []
     for role, default in (("train", ad.train_split), ("test", ad.test_split)):

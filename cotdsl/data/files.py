@@ -5,6 +5,11 @@ Fields (defaults are the same names): question, choices, label (required); id, r
 highlights (optional). Choices may be a list or a string delimited by "|" (or a JSON list);
 highlights the same. The label may be the choice text, a letter (A, B, ...) or a 0-based index.
 Any problem in a row raises `CotError` naming the file, the 1-based row and the field.
+
+Rows already in a hub's schema need no reshaping: a column may be a dotted path into dict
+values (`question: "question.stem"`), and choices may be in hub form — `{label: [...], text:
+[...]}` or a list of `{label, text}` — with the label then matched against the choice labels
+first (so OBQA/ARC numeric labels "1".."4" work).
 """
 from __future__ import annotations
 
@@ -46,7 +51,8 @@ def read_rows(path: Path, fmt: str | None = None) -> list[dict[str, Any]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise user_error(f"{path}: row {n}: not valid JSON ({e.msg})") from None
+                raise user_error(f"{path}: row {n}, column {e.colno}: not valid JSON ({e.msg})",
+                                 hint="each line of a .jsonl file must be one JSON object") from None
             if not isinstance(row, dict):
                 raise user_error(f"{path}: row {n}: expected a JSON object")
             rows.append(row)
@@ -78,8 +84,35 @@ def _listish(value: Any, field: str) -> list[str]:
     raise RowProblem(field, f"expected a list or a '{SEP}'-delimited string, got {type(value).__name__}")
 
 
-def _answer(label: Any, choices: list[str]) -> int:
-    """Choice text first, then a letter, then a 0-based index."""
+def _hub_choices(value: Any) -> tuple[list[str], list[str] | None]:
+    """Choices and, in hub form, their labels: {label: [...], text: [...]} (also as a JSON
+    string) or [{label, text}, ...]; any other value is a plain list of choices."""
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise RowProblem("choices", "looks like a JSON object but does not parse") from None
+    if isinstance(value, dict):
+        if "text" not in value:
+            raise RowProblem("choices", f"a dict of choices needs `text` (hub form {{label: [...], text: [...]}}), "
+                                        f"got keys {sorted(value)}")
+        texts = _listish(value["text"], "choices")
+        labels = _listish(value["label"], "choices") if value.get("label") is not None else None
+        if labels is not None and len(labels) != len(texts):
+            raise RowProblem("choices", f"{len(labels)} choice labels for {len(texts)} choice texts")
+        return texts, labels
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        if not all("text" in v for v in value):
+            raise RowProblem("choices", "a list of choice dicts needs `text` in each ({label, text})")
+        labels = [str(v["label"]).strip() for v in value] if all("label" in v for v in value) else None
+        return [str(v["text"]).strip() for v in value], labels
+    return _listish(value, "choices"), None
+
+
+def _answer(label: Any, choices: list[str], labels: list[str] | None = None) -> int:
+    """Hub choice labels first (answerKey), then the choice text, a letter, a 0-based index."""
+    if labels and isinstance(label, (str, int)) and not isinstance(label, bool) and str(label).strip() in labels:
+        return labels.index(str(label).strip())
     if isinstance(label, bool):
         raise RowProblem("label", f"label {label!r} is not among the choices")
     if isinstance(label, str):
@@ -96,10 +129,32 @@ def _answer(label: Any, choices: list[str]) -> int:
                               f"(as text, letter A-{LETTERS[len(choices) - 1]} or index 0-{len(choices) - 1})")
 
 
+def lookup(row: dict, column: str) -> Any:
+    """`row[column]`, or a dotted path through dict values (`"choices.text"`; a csv cell holding
+    a JSON object counts as a dict); None if absent."""
+    if column in row:
+        return row[column]
+    cur: Any = row
+    for part in column.split("."):
+        if isinstance(cur, str) and cur.lstrip().startswith("{"):
+            try:
+                cur = json.loads(cur)
+            except json.JSONDecodeError:
+                return None
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def has(row: dict, column: str) -> bool:
+    return column in row or lookup(row, column) is not None
+
+
 def to_example(row: dict, fields: dict[str, str], default_id: str) -> Example:
     def get(name: str, required: bool):
         col = fields[name]
-        val = row.get(col)
+        val = lookup(row, col)
         if val is None or (isinstance(val, str) and not val.strip() and name != "rationale"):
             if required:
                 raise RowProblem(name, f"missing or empty (column {col!r})")
@@ -107,14 +162,14 @@ def to_example(row: dict, fields: dict[str, str], default_id: str) -> Example:
         return val
 
     question = str(get("question", True)).strip()
-    choices = _listish(get("choices", True), "choices")
+    choices, labels = _hub_choices(get("choices", True))
     if len(choices) < 2 or any(not c for c in choices):
         raise RowProblem("choices", f"need at least 2 non-empty choices, got {choices}")
     if len(set(choices)) != len(choices):
         raise RowProblem("choices", f"duplicate choices {choices}")
     if len(choices) > len(LETTERS):
         raise RowProblem("choices", f"at most {len(LETTERS)} choices, got {len(choices)}")
-    answer = _answer(get("label", True), choices)
+    answer = _answer(get("label", True), choices, labels)
     rid = get("id", False)
     rationale = get("rationale", False)
     hl = get("highlights", False)
@@ -132,7 +187,7 @@ def load_file(path: Path, fields: dict[str, str], fmt: str | None = None,
     if not rows:
         raise user_error(f"{path}: no rows")
     for name in explicit:
-        if name not in REQUIRED and not any(fields[name] in r for r in rows):
+        if name not in REQUIRED and not any(has(r, fields[name]) for r in rows):
             raise user_error(f"{path}: row 1: field {name!r}: no column {fields[name]!r} in the file")
     out = []
     for i, row in enumerate(rows, start=1):

@@ -104,13 +104,45 @@ def execute(plan: Plan, store: Store, *, run_dir: Path, console: Console | None 
         view = _View(prog, failures)
         eng = engine(cfg, store)
         try:
-            outcomes = drive(plan, store, eng, view, retries=cfg.retries, advance=lambda: prog.advance(overall))
+            if hasattr(eng, "run"):  # the engine orders the DAG itself (Ray)
+                outcomes = drive_engine(plan, eng, view, advance=lambda: prog.advance(overall))
+            else:
+                outcomes = drive(plan, store, eng, view, retries=cfg.retries, advance=lambda: prog.advance(overall))
         finally:
             eng.close()
     atomic_write_json(run_dir / "jobs.json", {
         j.id: {"label": j.label, "stage": j.stage, "status": outcomes[j.id].status,
                "seconds": round(outcomes[j.id].seconds, 2), "cause": outcomes[j.id].cause,
                "attempts": outcomes[j.id].attempts, "info": outcomes[j.id].info} for j in plan.jobs})
+    return outcomes
+
+
+def _root_cause(plan: Plan, job, outcomes: dict[str, Outcome]) -> str | None:
+    """Why `job` cannot run: the first input that failed (through any chain of skipped ones)."""
+    bad = [d for d in job.deps if d in outcomes and outcomes[d].status in ("failed", "skipped")]
+    if not bad:
+        return None
+    up = outcomes[bad[0]]
+    return up.cause if up.status == "skipped" else f"{plan.get(bad[0]).label} failed: {up.cause}"
+
+
+def drive_engine(plan: Plan, eng, view, *, advance=lambda: None) -> dict[str, Outcome]:
+    """For engines that take the whole DAG at once (`eng.run(plan, view, finish)`)."""
+    outcomes: dict[str, Outcome] = {}
+
+    def finish(job, out: Outcome) -> None:
+        root = _root_cause(plan, job, outcomes)
+        if root is not None and out.status in ("failed", "skipped"):
+            out = Outcome("skipped", cause=root)
+        outcomes[job.id] = out
+        view.done(job, out)
+        advance()
+
+    try:
+        eng.run(plan, view, finish)
+    except BaseException:
+        eng.cancel()
+        raise
     return outcomes
 
 
@@ -135,10 +167,8 @@ def drive(plan: Plan, store: Store, eng, view, *, retries: int = 1, advance=lamb
                 if any(d not in outcomes for d in job.deps) or len(running) >= eng.slots:
                     rest.append(job)
                     continue
-                bad = [d for d in job.deps if outcomes[d].status in ("failed", "skipped")]
-                if bad:
-                    up = outcomes[bad[0]]
-                    root = up.cause if up.status == "skipped" else f"{plan.get(bad[0]).label} failed: {up.cause}"
+                root = _root_cause(plan, job, outcomes)
+                if root is not None:
                     finish(job, Outcome("skipped", cause=root))
                 elif store.done(job.stage, job.key):
                     finish(job, Outcome("cached"))

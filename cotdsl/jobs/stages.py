@@ -389,7 +389,7 @@ def ensure_plugins(modules: tuple[str, ...], paths: tuple[str, ...]) -> None:
     from .. import perturb
 
     for d in paths:
-        if d not in sys.path:
+        if d and d not in sys.path:
             sys.path.append(d)
     missing = [m for m in modules if m not in sys.modules]
     if missing:

@@ -8,6 +8,10 @@
   and SCoTD's answer-consistency filter (keep samples whose stated answer is the gold one).
   Raw samples are cached on disk, keyed by everything that affects them, and written after
   every batch so an interrupted run resumes where it stopped.
+
+`strip_answer: true` (file and hf teachers) removes a leading answer statement ("The answer is B
+because ...") from each rationale after the filter has read it: such text states the label, so
+a `rationale -> label` student would learn to copy rather than reason.
 """
 from __future__ import annotations
 
@@ -114,6 +118,32 @@ def stated_answer(text: str, ex: Example) -> int | None:
         if hits:
             return max(hits, key=lambda i: len(ex.choices[i]))  # longest match wins
     return None
+
+
+_CONNECT = r"\s*(?:[.:,;!)\]]+|-+|[\u2013\u2014])?\s*(?:(?i:because|since|as)\b\s*,?\s*)?"
+_ANSWER_IS = r"(?i:(?:so\s+)?(?:the\s+)?(?:correct\s+|right\s+|best\s+)?answer(?:\s+is|\s*:)(?:\s+is)?\s*:?\s*)"
+_IS_CORRECT = r"(?i:\s+is\s+(?:the\s+)?(?:correct|right|best)(?:\s+answer|\s+choice)?)"
+
+
+def _answer_statement(choices: tuple[str, ...]) -> re.Pattern:
+    """"The answer is B because", "Answer: (B).", "B is correct because", "The answer is <choice
+    text> because" (longest choice first), at the very start of a rationale."""
+    letter = r"\(?[A-J]\)?(?![A-Za-z0-9])"
+    text = "|".join(re.escape(c) for c in sorted(choices, key=len, reverse=True) if c)
+    what = rf"(?:{letter}|\"?(?i:{text})\"?(?![A-Za-z0-9]))" if text else letter
+    return re.compile(rf"^\s*(?:{_ANSWER_IS}{what}|{what}{_IS_CORRECT}){_CONNECT}")
+
+
+def strip_answer(text: str | None, ex: Example) -> str | None:
+    """`text` without a leading answer statement, first letter capitalised; unchanged when it does
+    not start with one; None when nothing is left."""
+    if not text:
+        return text
+    m = _answer_statement(ex.choices).match(text)
+    if not m:
+        return text
+    rest = text[m.end():].strip()
+    return rest[:1].upper() + rest[1:] if rest else None
 
 
 def clean(text: str) -> str:
@@ -254,9 +284,29 @@ def rationalize(teacher, examples: list[Example], *, cache_dir: Path,
     if teacher.kind == "gold":
         return _gold(teacher, examples)
     if teacher.kind == "file":
-        return _from_file(teacher, examples)
-    if teacher.kind == "hf":
+        out = _from_file(teacher, examples)
+    elif teacher.kind == "hf":
         own = teacher.arg("seed")
-        return _hf(teacher, examples, Path(cache_dir), progress, int(seed if own is None else own))
-    raise _err(f"teacher {teacher.name}: unknown kind {teacher.kind!r}", teacher.pos,
-               hint="gold, file(...) or hf(...)")
+        out = _hf(teacher, examples, Path(cache_dir), progress, int(seed if own is None else own))
+    else:
+        raise _err(f"teacher {teacher.name}: unknown kind {teacher.kind!r}", teacher.pos,
+                   hint="gold, file(...) or hf(...)")
+    return _stripped(out, teacher.name) if teacher.arg("strip_answer") else out
+
+
+def _stripped(examples: list[Example], name: str) -> list[Example]:
+    """`strip_answer: true`: every rationale (and every kept sample in meta) without its leading
+    answer statement; a rationale that was only that statement becomes None (logged)."""
+    out, empty = [], []
+    for e in examples:
+        meta = dict(e.meta)
+        if "rationales" in meta:
+            meta["rationales"] = [r for r in (strip_answer(x, e) for x in meta["rationales"]) if r]
+        r = strip_answer(e.rationale, e)
+        if e.rationale and not r:
+            empty.append(e.id)
+        out.append(replace(e, rationale=r, meta=meta))
+    if empty:
+        log.warning("teacher %s: %d rationale(s) were only an answer statement and are dropped (%s)",
+                    name, len(empty), _names(empty))
+    return out

@@ -1,0 +1,35 @@
+"""`cotdsl run --executor slurm` on a real one-node Slurm cluster (scripts/slurm-cluster): the
+same numbers as in-process, failures isolated, a job whose Slurm job died is resubmitted."""
+import os
+import sys
+
+import polars as pl
+
+from cotdsl.executors import ExecutorCfg
+from cotdsl.run import EXIT_JOBS, EXIT_OK, run
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
+from test_run import PLUGIN, jobs, quiet, write_spec  # noqa: E402
+
+KEYS = ["condition", "seed", "ex_id"]
+
+
+def test_slurm_gives_the_in_process_numbers_and_isolates_a_failure(slurm, slurm_partition, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "boom_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = write_spec(tmp_path, extra="target broken = label -> explode(rationale)")
+    spec.write_text('plugin "boom_plugin"\n' + spec.read_text())
+    only = ["target=after,broken", "seed=0"]
+    assert run(spec, only=only, console=quiet(), cache=tmp_path / "c1", out=tmp_path / "r1") == EXIT_JOBS
+    cfg = ExecutorCfg(kind="slurm", partition=slurm_partition, time_min=10)
+    assert run(spec, only=only, console=quiet(), cache=tmp_path / "c2", out=tmp_path / "r2", executor=cfg) == EXIT_JOBS
+    a = pl.read_parquet(tmp_path / "r1/tiny/results.parquet").sort(KEYS)
+    b = pl.read_parquet(tmp_path / "r2/tiny/results.parquet").sort(KEYS)
+    assert len(a) == 12 and a.equals(b)
+    st = jobs(tmp_path / "r2" / "tiny")
+    broken = {v["stage"]: v for v in st.values() if "broken" in v["label"]}
+    assert broken["render"]["status"] == "failed" and "boom in explode" in broken["render"]["cause"]
+    assert {broken[s]["status"] for s in ("train", "eval", "probe")} == {"skipped"}
+    assert {v["status"] for v in st.values() if "broken" not in v["label"]} == {"ran"}
+    assert list((tmp_path / "c2" / "_slurm").iterdir())  # submitit's logs live beside the store
