@@ -25,6 +25,34 @@ def stable_hash(obj: Any, n: int = 16) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:n]
 
 
+def files_digest(decl: Any) -> dict[str, str]:
+    """sha256 of every local file (or folder, recursively) a declaration's arguments name — data
+    files, rationale files, save_to_disk folders — so editing one in place re-runs the jobs that
+    read it. The checker has already made those paths absolute; other strings are not paths."""
+    out: dict[str, str] = {}
+
+    def visit(v: Any) -> None:
+        if isinstance(v, (tuple, list)):
+            for x in v:
+                visit(x)
+        elif isinstance(v, dict):
+            for x in v.values():
+                visit(x)
+        elif isinstance(v, str) and os.path.isabs(v) and os.path.exists(v):
+            p = Path(v)
+            files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+            h = hashlib.sha256()
+            for f in files:
+                h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+                with open(f, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+            out[v] = h.hexdigest()[:16]
+
+    visit(getattr(decl, "args", ()))
+    return out
+
+
 def code_version(*objs: Any) -> str:
     """Hash of the source files defining `objs` (modules, functions): edit a stage, rerun it."""
     h = hashlib.sha256()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from .cache import stable_hash
+from .cache import files_digest, stable_hash
 from .jobs.types import (STAGES, DataJob, EvalJob, Job, ProbeJob, RankJob, RenderJob, Resources, TeacherJob,
                          TrainJob, resources_for)
 from .spec import Call, Condition, Experiment, Ref
@@ -122,9 +122,9 @@ def make_plan(exp: Experiment, *, limit: int | None = None, limit_test: int | No
 
     jobs: list[Job] = []
     for src in sources:
-        d = DataJob(key=stable_hash([src, limit, lt, v["data"]]), deps=(), label=f"data {src.name}",
+        d = DataJob(key=stable_hash([src, files_digest(src), limit, lt, v["data"]]), deps=(), label=f"data {src.name}",
                     source=src, limit=limit, limit_test=lt)
-        t = TeacherJob(key=stable_hash([exp.teacher, d.key, v["teacher"]]), deps=(d.id,),
+        t = TeacherJob(key=stable_hash([exp.teacher, files_digest(exp.teacher), d.key, v["teacher"]]), deps=(d.id,),
                        label=f"teacher {exp.teacher.name} on {src.name}", teacher=exp.teacher, data=d.id,
                        resources=Resources(gpus=1.0 if gpu and exp.teacher.kind == "hf" else 0.0,
                                            mem_gb=8.0 if exp.teacher.kind == "hf" else 1.0))

@@ -379,3 +379,22 @@ def test_stale_temp_dirs_are_cleaned_when_the_job_runs(env):
     stale.mkdir(parents=True)
     assert run(spec, only=["target=none", "seed=0"], console=quiet()) == EXIT_OK
     assert not stale.exists()
+
+
+def test_editing_a_data_file_in_place_reruns_its_jobs(env):
+    rows = [{"id": f"q{i}", "question": f"what is {i}?", "choices": ["a", "b"], "label": "a",
+             "rationale": "because a"} for i in range(12)]
+    data = env / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = write_spec(env).read_text().replace('builtin("facts", train: 24, test: 12)',
+                                               'file(train: "d.jsonl", test: "d.jsonl")')
+    (env / "tiny.cot").write_text(spec)
+    only = ["target=none", "seed=0"]
+    assert run(env / "tiny.cot", only=only, console=quiet()) == EXIT_OK
+    rows[3]["label"] = "b"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert run(env / "tiny.cot", only=only, console=quiet()) == EXIT_OK
+    st = jobs(env / "runs" / "tiny")
+    assert {v["status"] for v in st.values()} == {"ran"}  # the data job and everything after it
+    res = pl.read_parquet(env / "runs" / "tiny" / "results.parquet")
+    assert res.filter(pl.col("ex_id") == "q3")["gold"][0] == 1

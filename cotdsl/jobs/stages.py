@@ -54,7 +54,7 @@ def job_dir(store: Store, job_id: str) -> Path:
 
 def code_versions() -> dict[str, str]:
     from .. import data, models, perturb, render
-    from . import evaluate, teacher, train
+    from . import distributed, evaluate, teacher, train
 
     import interp.attribution as attribution
     import interp.lens as lens
@@ -66,7 +66,7 @@ def code_versions() -> dict[str, str]:
         "teacher": code_version(teacher),
         "rank": code_version(attribution),
         "render": code_version(render, perturb),
-        "train": code_version(train, models),
+        "train": code_version(train, distributed, models),
         "eval": code_version(evaluate, render),
         "probe": code_version(lens, tuned),
     }.items()}
