@@ -56,7 +56,8 @@ TEACHER = {
            P("temperature", float, 0.0, lo=0), P("top_p", float, None, lo=0, hi=1, open_lo=True),
            P("top_k", int, None, lo=1), P("max_new_tokens", int, 128, lo=1), P("filter", bool, True),
            P("batch", int, 8, lo=1), P("trust_remote_code", bool, False), P("revision", str, None),
-           P("seed", int, None, lo=0), P("strip_answer", bool, None)),
+           P("seed", int, None, lo=0), P("strip_answer", bool, None),
+           P("shards", int, None, lo=1), P("engine", str, None, choices=("hf", "vllm"))),
 }
 STUDENT = {
     "smollm2": (),

@@ -25,8 +25,8 @@ from typing import Iterable
 
 from .errors import CotError, Diagnostic, did_you_mean
 from .jobs.stages import IG_STEPS
-from .jobs.types import (STAGES, DataJob, EvalJob, Job, ProbeJob, RankJob, RenderJob, TeacherJob, TrainJob,
-                         student_params)
+from .jobs.types import (STAGES, DataJob, EvalJob, Job, ProbeJob, RankJob, RenderJob, SampleJob, TeacherJob,
+                         TrainJob, student_params)
 from .spec import Call, Condition, Experiment, Lit, Ref, Source, Student, Task, Teacher
 
 
@@ -268,13 +268,14 @@ def teacher_prompt_tokens(teacher: Teacher, p: Profile) -> float:
 def _cost(job: Job, exp: Experiment, sizes: dict[str, Sized], data_of: dict[str, DataJob]) -> JobCost:
     if isinstance(job, (DataJob, RenderJob)):
         return JobCost(job, 0.0, 0.0, "-")
-    if isinstance(job, TeacherJob):
+    if isinstance(job, TeacherJob):  # gold / file, or the merge of an hf teacher's sample shards
+        return JobCost(job, 0.0, 0.0, "-")
+    if isinstance(job, SampleJob):
         d = data_of[job.data]
         s = sizes[d.source.name]
-        if job.teacher.kind != "hf":
-            return JobCost(job, 0.0, 0.0, "-")
         samples = int(job.teacher.arg("samples", 1))
-        tok = _capped(s.train, d.limit) * (teacher_prompt_tokens(job.teacher, s.profile) + int(job.teacher.arg("max_new_tokens", 128)))
+        tok = _capped(s.train, d.limit) / job.shards * (teacher_prompt_tokens(job.teacher, s.profile)
+                                                        + int(job.teacher.arg("max_new_tokens", 128)))
         return JobCost(job, tok, 2 * teacher_params(job.teacher) * tok * samples,
                        f"2N·{samples}" if samples > 1 else "2N")
     if isinstance(job, RankJob):

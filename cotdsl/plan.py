@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .cache import files_digest, stable_hash
-from .jobs.types import (STAGES, DataJob, EvalJob, Job, ProbeJob, RankJob, RenderJob, Resources, TeacherJob,
-                         TrainJob, resources_for)
+from .jobs.types import (STAGES, DataJob, EvalJob, Job, ProbeJob, RankJob, RenderJob, Resources, SampleJob,
+                         TeacherJob, TrainJob, resources_for)
 from .spec import Call, Condition, Experiment, Ref
 
 __all__ = ["STAGES", "Job", "Plan", "make_plan"]
@@ -124,11 +124,20 @@ def make_plan(exp: Experiment, *, limit: int | None = None, limit_test: int | No
     for src in sources:
         d = DataJob(key=stable_hash([src, files_digest(src), limit, lt, v["data"]]), deps=(), label=f"data {src.name}",
                     source=src, limit=limit, limit_test=lt)
-        t = TeacherJob(key=stable_hash([exp.teacher, files_digest(exp.teacher), d.key, v["teacher"]]), deps=(d.id,),
-                       label=f"teacher {exp.teacher.name} on {src.name}", teacher=exp.teacher, data=d.id,
-                       resources=Resources(gpus=1.0 if gpu and exp.teacher.kind == "hf" else 0.0,
-                                           mem_gb=8.0 if exp.teacher.kind == "hf" else 1.0))
-        jobs += [d, t]
+        samples = []
+        if exp.teacher.kind == "hf":  # sampling runs as shards; the teacher job merges them
+            k = int(exp.teacher.arg("shards") or 1)
+            samples = [SampleJob(key=stable_hash(["sample", exp.teacher, files_digest(exp.teacher), d.key, i, k,
+                                                  v["sample"]]),
+                                 deps=(d.id,), label=f"teacher {exp.teacher.name} samples {i + 1}/{k} · {src.name}",
+                                 teacher=exp.teacher, data=d.id, shard=i, shards=k,
+                                 resources=Resources(gpus=1.0 if gpu else 0.0, mem_gb=8.0))
+                       for i in range(k)]
+        t = TeacherJob(key=stable_hash([exp.teacher, files_digest(exp.teacher), d.key, [s.key for s in samples],
+                                        v["teacher"]]),
+                       deps=(d.id,) + tuple(s.id for s in samples), label=f"teacher {exp.teacher.name} on {src.name}",
+                       teacher=exp.teacher, data=d.id, samples=tuple(s.id for s in samples))
+        jobs += [d, *samples, t]
         for stu in students:
             trains: dict[tuple[str, int], Job] = {}  # (condition, seed) -> its train job
             ranks: dict[tuple[str, int], Job] = {}   # (scorer, seed) -> IG ranking job

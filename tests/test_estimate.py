@@ -72,8 +72,8 @@ def test_ig_ranking_and_hf_teacher_flops():
     assert jobs == 1 and basis == f"6N·{E.IG_STEPS}" and E.IG_STEPS == 20
     assert tok == pytest.approx(40 * (36.1 + 17.4 + 1.3 + 2))
     assert flops == pytest.approx(6 * n * tok * 20)
-    # teacher: default prompt (194 tokens) + the example's prompt + 1, + max_new_tokens; x samples
-    _, jobs, tok, flops, _ = stage(est, "teacher")
+    # teacher sampling: default prompt (194 tokens) + the example's prompt + 1, + max_new_tokens; x samples
+    _, jobs, tok, flops, _ = stage(est, "sample")
     assert tok == pytest.approx(40 * (194 + 36.1 + 1 + 50))
     assert flops == pytest.approx(2 * 135e6 * tok * 2)
     # keytokens(k=3 words) shortens the rationale to ~3 x 1.3 tokens
@@ -97,8 +97,8 @@ def test_paper_grid_jobs_and_sizes_without_downloads():
     exp = load(PAPER)
     est = E.estimate(exp)
     counts = {st: n for st, n, *_ in est.stages()}
-    assert counts == {"data": 3, "teacher": 3, "rank": 9, "render": 405, "train": 405, "eval": 405}
-    assert sum(counts.values()) == 1230
+    assert counts == {"data": 3, "sample": 24, "teacher": 3, "rank": 9, "render": 405, "train": 405, "eval": 405}
+    assert sum(counts.values()) == 1254
     assert (est.sizes["csqa"].train, est.sizes["csqa"].test) == (9741, 1221)
     assert (est.sizes["obqa"].train, est.sizes["obqa"].test) == (4957, 500)
     assert (est.sizes["quarel"].train, est.sizes["quarel"].test) == (1941, 552)
@@ -106,7 +106,7 @@ def test_paper_grid_jobs_and_sizes_without_downloads():
     doc = (ROOT / "docs" / "scaling.md").read_text()
     for name in ("a100", "h100"):
         assert f"{E.hours(E.device(name).hours(est.flops))} GPU-hours" in doc, name
-    assert "1230 jobs" in doc
+    assert "1254 jobs" in doc
 
 
 def test_hf_counts_cap_and_unknown_split():

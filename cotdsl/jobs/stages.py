@@ -63,6 +63,7 @@ def code_versions() -> dict[str, str]:
     here = code_version(code_versions)  # this file holds every stage's glue: part of each version
     return {stage: v + here for stage, v in {
         "data": code_version(data, *_submodules(data)),
+        "sample": code_version(teacher, models),
         "teacher": code_version(teacher),
         "rank": code_version(attribution),
         "render": code_version(render, perturb),
@@ -123,14 +124,34 @@ def run_data(job, store: Store, out: Path, progress: Progress = _no_progress) ->
     return {"train": len(train), "test": len(test)}
 
 
+def run_sample(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
+    """Raw samples of an hf teacher for one shard of the training questions."""
+    from ..models import cache_dir
+    from .teacher import hf_settings, sample, sample_seed, shard_range
+
+    train = load_examples(job_dir(store, job.data) / "train.jsonl")
+    seed = sample_seed(job.teacher, 0)
+    start, stop = shard_range(len(train), hf_settings(job.teacher, seed)["batch"], job.shard, job.shards)
+    got = sample(job.teacher, train[start:stop], cache_dir() / "rationales", progress, seed, offset=start)
+    atomic_write_json(out / "samples.json", {"start": start, "stop": stop,
+                                             "samples": {e.id: got[e.id] for e in train[start:stop]}})
+    return {"questions": stop - start, "shard": f"{job.shard + 1}/{job.shards}"}
+
+
 def run_teacher(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
     from ..models import cache_dir
-    from .teacher import rationalize
+    from .teacher import from_samples, rationalize
 
     d = job_dir(store, job.data)
     train = load_examples(d / "train.jsonl")
     test = load_examples(d / "test.jsonl")
-    train = rationalize(job.teacher, train, cache_dir=cache_dir() / "rationales", progress=progress)
+    if job.samples:  # an hf teacher: merge the shards in order, then filter
+        samples: dict[str, list[str]] = {}
+        for sid in job.samples:
+            samples.update(json.loads((job_dir(store, sid) / "samples.json").read_text())["samples"])
+        train = from_samples(job.teacher, train, samples)
+    else:
+        train = rationalize(job.teacher, train, cache_dir=cache_dir() / "rationales", progress=progress)
     kept = [e for e in train if e.rationale]
     save_examples(out / "train.jsonl", kept)
     # Test rationales are only used to teacher-force probes of rationale-first students; the gold
@@ -396,5 +417,5 @@ def ensure_plugins(modules: tuple[str, ...], paths: tuple[str, ...]) -> None:
         perturb.load_plugins(missing, entry_points=True)
 
 
-RUNNERS = {"data": run_data, "teacher": run_teacher, "rank": run_rank, "render": run_render,
+RUNNERS = {"data": run_data, "sample": run_sample, "teacher": run_teacher, "rank": run_rank, "render": run_render,
            "train": run_train, "eval": run_eval, "probe": run_probe}

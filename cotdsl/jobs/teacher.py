@@ -231,16 +231,26 @@ def generate_samples(model, tok, prompts: list[str], settings: dict, seed: int) 
     return [[clean(t) for t in texts[i * n:(i + 1) * n]] for i in range(len(prompts))]
 
 
-def _hf(teacher, examples: list[Example], cache_dir: Path, progress, seed: int) -> list[Example]:
+def sample(teacher, examples: list[Example], cache_dir: Path, progress, seed: int, offset: int = 0) -> dict[str, list[str]]:
+    """Raw samples (id -> cleaned continuations) for `examples`, which start at position `offset`
+    of the teacher's whole question list. Batch i of the whole list always gets the same RNG
+    seed, so sampling in shards (offsets that are multiples of `batch`) or resuming from the
+    cache gives exactly the samples of one uninterrupted run."""
     settings = hf_settings(teacher, seed)
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"{cache_key(settings, examples)}.json"
     done: dict[str, list[str]] = json.loads(path.read_text())["samples"] if path.exists() else {}
-    todo = [e for e in examples if e.id not in done]
     total, bs = len(examples), settings["batch"]
+    batches = [examples[b:b + bs] for b in range(0, total, bs)]
+    todo = [(b, chunk) for b, chunk in enumerate(batches) if any(e.id not in done for e in chunk)]
     if progress:
-        progress(total - len(todo), total)
-    if todo:
+        progress(total - sum(len(c) for _, c in todo), total)
+    if not todo:
+        return done
+    engine = teacher.arg("engine") or "hf"
+    if engine == "vllm":
+        gen = vllm_generator(teacher, settings)
+    else:
         from ..models import load_pretrained
 
         model, tok = load_pretrained(settings["model"], trust_remote_code=bool(teacher.arg("trust_remote_code", False)),
@@ -248,15 +258,70 @@ def _hf(teacher, examples: list[Example], cache_dir: Path, progress, seed: int) 
                                      what=f"teacher {teacher.name}")
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        for b in range(0, len(todo), bs):
-            chunk = todo[b:b + bs]
-            prompts = [build_prompt(settings["prompt"], e) for e in chunk]
-            outs = generate_samples(model, tok, prompts, settings, seed * 100_003 + b // bs)
-            done.update({e.id: o for e, o in zip(chunk, outs)})
-            _atomic_json(path, {"settings": settings, "samples": done})
-            if progress:
-                progress(total - len(todo) + b + len(chunk), total)
-    return apply_filter(examples, done, bool(teacher.arg("filter", True)), teacher.name)
+        gen = lambda prompts, s: generate_samples(model, tok, prompts, settings, s)  # noqa: E731
+    finished = total - sum(len(c) for _, c in todo)
+    for b, chunk in todo:
+        prompts = [build_prompt(settings["prompt"], e) for e in chunk]
+        outs = gen(prompts, seed * 100_003 + (offset // bs) + b)
+        done.update({e.id: o for e, o in zip(chunk, outs)})
+        _atomic_json(path, {"settings": settings, "samples": done})
+        finished += len(chunk)
+        if progress:
+            progress(finished, total)
+    return done
+
+
+def vllm_generator(teacher, settings: dict):
+    """`engine: vllm`: vLLM's offline `LLM.generate` with the same prompts, sampling settings and
+    stop strings (the filter runs afterwards, as for the HF engine). Needs `pip install
+    cotdsl[vllm]` and a CUDA GPU; anything else is a clear error, never a silent fallback."""
+    try:
+        import vllm
+    except ImportError:
+        raise _err(f"teacher {teacher.name}: engine: vllm needs the vllm package", teacher.pos,
+                   hint="pip install 'cotdsl[vllm]' on a machine with a CUDA GPU, or drop `engine: vllm`") from None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise _err(f"teacher {teacher.name}: engine: vllm needs a CUDA GPU and none is visible", teacher.pos,
+                   hint="run on a GPU node, or drop `engine: vllm` to use the HF engine")
+    llm = vllm.LLM(model=settings["model"], revision=settings["revision"],
+                   trust_remote_code=bool(teacher.arg("trust_remote_code", False)))
+    greedy = settings["temperature"] == 0
+
+    def gen(prompts: list[str], seed: int) -> list[list[str]]:
+        params = vllm.SamplingParams(
+            n=settings["samples"], temperature=settings["temperature"],
+            top_p=1.0 if greedy or settings["top_p"] is None else settings["top_p"],
+            top_k=-1 if greedy or not settings["top_k"] else settings["top_k"],
+            max_tokens=settings["max_new_tokens"], stop=list(STOPS), seed=None if greedy else seed)
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        return [[clean(c.text) for c in o.outputs] for o in outs]
+
+    return gen
+
+
+def _hf(teacher, examples: list[Example], cache_dir: Path, progress, seed: int) -> list[Example]:
+    return from_samples(teacher, examples, sample(teacher, examples, cache_dir, progress, seed))
+
+
+def shard_range(n: int, batch: int, shard: int, shards: int) -> tuple[int, int]:
+    """Questions [start, stop) of shard `shard` of `shards`: contiguous runs of whole batches,
+    so each shard samples exactly what one uninterrupted run samples for those questions."""
+    nb = -(-n // batch)
+    lo, hi = shard * nb // shards, (shard + 1) * nb // shards
+    return min(n, lo * batch), min(n, hi * batch)
+
+
+def sample_seed(teacher, seed: int) -> int:
+    own = teacher.arg("seed")
+    return int(seed if own is None else own)
+
+
+def from_samples(teacher, examples: list[Example], samples: dict[str, list[str]]) -> list[Example]:
+    """The filter and `strip_answer` over raw samples: the last step of an hf teacher."""
+    out = apply_filter(examples, samples, bool(teacher.arg("filter", True)), teacher.name)
+    return _stripped(out, teacher.name) if teacher.arg("strip_answer") else out
 
 
 def apply_filter(examples: list[Example], samples: dict[str, list[str]], use_filter: bool,
@@ -286,8 +351,7 @@ def rationalize(teacher, examples: list[Example], *, cache_dir: Path,
     if teacher.kind == "file":
         out = _from_file(teacher, examples)
     elif teacher.kind == "hf":
-        own = teacher.arg("seed")
-        out = _hf(teacher, examples, Path(cache_dir), progress, int(seed if own is None else own))
+        return _hf(teacher, examples, Path(cache_dir), progress, sample_seed(teacher, seed))
     else:
         raise _err(f"teacher {teacher.name}: unknown kind {teacher.kind!r}", teacher.pos,
                    hint="gold, file(...) or hf(...)")

@@ -44,10 +44,26 @@ class DataJob(Job):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SampleJob(Job):
+    """One shard of an hf teacher's sampling: whole batches of the training questions
+    (`teacher.shard_range`), so shards run in parallel and an interrupted run resumes by shard."""
+
+    stage: ClassVar[str] = "sample"
+    teacher: Teacher
+    data: str  # DataJob id
+    shard: int
+    shards: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class TeacherJob(Job):
+    """Rationales for the training set: gold / file directly, hf by merging its SampleJobs in
+    order and applying the filter."""
+
     stage: ClassVar[str] = "teacher"
     teacher: Teacher
     data: str  # DataJob id
+    samples: tuple[str, ...] = ()  # SampleJob ids, in shard order (hf teachers)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,7 +121,7 @@ class ProbeJob(_PerCondition):
     probe: ProbeCfg
 
 
-STAGES = ("data", "teacher", "rank", "render", "train", "eval", "probe")
+STAGES = ("data", "sample", "teacher", "rank", "render", "train", "eval", "probe")
 MODEL_STAGES = ("rank", "train", "eval", "probe")  # stages that put a model on a device
 
 
