@@ -167,7 +167,8 @@ def run(file: Path = typer.Argument(..., help="a spec file (.cot)"),
         account: Optional[str] = typer.Option(None, "--account", help="slurm: account"),
         constraint: Optional[str] = typer.Option(None, "--constraint", help="slurm: node constraint"),
         sbatch: Optional[List[str]] = typer.Option(None, "--sbatch", help="slurm: extra sbatch flag (repeatable)"),
-        executor_config: Optional[Path] = typer.Option(None, "--executor-config", help="TOML file with these settings")):
+        executor_config: Optional[Path] = typer.Option(None, "--executor-config", help="TOML file with these settings"),
+        detach: bool = typer.Option(False, "--detach", help="slurm: submit everything with dependencies and exit")):
     """Run every job of a spec (cached and resumable); print results and layerwise reports.
     Exit 0 when all jobs finished, 1 on bad input, 2 when some jobs failed, 130 when interrupted."""
     from cotdsl.executors import load_cfg
@@ -179,10 +180,20 @@ def run(file: Path = typer.Argument(..., help="a spec file (.cot)"),
                        constraint=constraint, sbatch=sbatch or None)
         try:
             code = _run(file, out=out_dir, cache=cache, limit=limit, limit_test=limit_test, only=only,
-                        dry_run=dry_run, console=out, executor=cfg)
+                        dry_run=dry_run, console=out, executor=cfg, detach=detach)
         except ValueError as e:  # --only syntax
             raise CotError(str(e))
     raise typer.Exit(code)
+
+
+@app.command()
+def status(run_dir: Path = typer.Argument(..., help="a run folder, e.g. runs/quickstart"),
+           cache: Optional[Path] = typer.Option(None, "--cache", help="job store (default .cotdsl-cache or $COTDSL_JOBS)")):
+    """Progress of a run's jobs: done / running / waiting / failed per stage (Slurm-detached runs too)."""
+    from cotdsl.run import status as _status
+
+    with guard():
+        raise typer.Exit(_status(run_dir, cache=cache, console=out))
 
 
 @app.command()

@@ -102,8 +102,10 @@ def plan_table(plan) -> Table:
 
 def run(path: Path, *, out: Path = Path("runs"), cache: Path | None = None, limit: int | None = None,
         limit_test: int | None = None, only: list[str] | None = None, dry_run: bool = False,
-        console: Console | None = None, executor=None) -> int:
-    """`executor`: an `executors.ExecutorCfg` (default: local, one process)."""
+        console: Console | None = None, executor=None, detach: bool = False) -> int:
+    """`executor`: an `executors.ExecutorCfg` (default: local, one process). `detach` (Slurm
+    only): submit every job with `afterok` dependencies and return; `cotdsl status` follows them
+    and a later `cotdsl run` collects the results."""
     quiet_libraries()
     from . import load
     from .executors import ExecutorCfg, execute
@@ -123,6 +125,8 @@ def run(path: Path, *, out: Path = Path("runs"), cache: Path | None = None, limi
         return EXIT_OK
     run_dir = out / exp.name
     save_run_header(plan, run_dir, Path(path).read_text(encoding="utf-8"))
+    if detach:
+        return _detach(plan, store, run_dir, executor, console)
     try:
         with stop_on_signals():
             outcomes = execute(plan, store, run_dir=run_dir, console=console, cfg=executor or ExecutorCfg())
@@ -143,6 +147,72 @@ def run(path: Path, *, out: Path = Path("runs"), cache: Path | None = None, limi
         console.print(f"[red]{len(failed)} job(s) failed, {len(skipped)} skipped; causes in {run_dir / 'failures'}[/]")
         # exit 1 when every failure is the input's fault (fix the data/spec), 2 when a job crashed
         return EXIT_USER if all(o.user_error for o in failed) else EXIT_JOBS
+    return EXIT_OK
+
+
+def _detach(plan, store: Store, run_dir: Path, executor, console: Console) -> int:
+    from .cache import atomic_write_json
+    from .executors.on_slurm import submit_detached
+
+    if executor is None or executor.kind != "slurm":
+        raise CotError("--detach needs --executor slurm (Slurm holds the dependencies while nobody waits)")
+    ids = submit_detached(plan, store, executor)
+    atomic_write_json(run_dir / "detached.json", {"store": str(store.root.resolve()), "slurm": ids,
+                                                  "folder": str(store.root.resolve() / "_slurm" / "%j")})
+    console.print(f"submitted {len(ids)} Slurm jobs ({len(plan.jobs) - len(ids)} already done); "
+                  f"follow them with `cotdsl status {run_dir}`, collect with the same `cotdsl run` when done")
+    return EXIT_OK
+
+
+def status(run_dir: Path, *, cache: Path | None = None, console: Console | None = None) -> int:
+    """Progress of a run folder's jobs from the store (and Slurm, for a detached run): done,
+    running, waiting or failed per stage, and the cause of each failure."""
+    import json
+    from collections import Counter
+
+    from rich.markup import escape
+
+    console = console or Console()
+    if not (run_dir / "plan.json").exists():
+        raise CotError(f"{run_dir} is not a cotdsl run folder (no plan.json)")
+    jobs = json.loads((run_dir / "plan.json").read_text())
+    det = json.loads((run_dir / "detached.json").read_text()) if (run_dir / "detached.json").exists() else None
+    store = Store(Path(det["store"]) if det else (cache or default_cache()))
+    states = {}
+    if det:
+        from .executors.on_slurm import slurm_states
+
+        states = slurm_states(det["folder"], {j: s for j, s in det["slurm"].items() if not store.done(*j.split("/", 1))})
+    rows, problems = Counter(), []
+    for j in jobs:
+        stage = j["id"].split("/", 1)[0]
+        if store.done(*j["id"].split("/", 1)):
+            what = "done"
+        elif j["id"] in states:
+            st, res = states[j["id"]]
+            if res is not None and res.status in ("failed", "skipped"):
+                what = res.status
+                problems.append((j["label"], res.cause))
+            elif st in ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL") or st.startswith("CANCELLED"):
+                what = "failed"
+                problems.append((j["label"], f"Slurm job {det['slurm'][j['id']]} ended {st}"))
+            else:
+                what = {"RUNNING": "running", "PENDING": "waiting"}.get(st, st.lower())
+        else:
+            what = "not done"
+        rows[(stage, what)] += 1
+    t = Table(title=f"{run_dir.name}: {len(jobs)} jobs", title_justify="left")
+    order = ["done", "running", "waiting", "not done", "skipped", "failed"]
+    seen = {w for _, w in rows}
+    cols = [c for c in order if c in seen] + sorted(seen - set(order))
+    t.add_column("stage")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for stage in dict.fromkeys(j["id"].split("/", 1)[0] for j in jobs):
+        t.add_row(stage, *[str(rows.get((stage, c), 0) or "") for c in cols])
+    console.print(t)
+    for label, cause in problems:
+        console.print(f"[red]✗[/] {escape(label)}: {escape(str(cause))}", soft_wrap=True)
     return EXIT_OK
 
 

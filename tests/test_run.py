@@ -398,3 +398,19 @@ def test_editing_a_data_file_in_place_reruns_its_jobs(env):
     assert {v["status"] for v in st.values()} == {"ran"}  # the data job and everything after it
     res = pl.read_parquet(env / "runs" / "tiny" / "results.parquet")
     assert res.filter(pl.col("ex_id") == "q3")["gold"][0] == 1
+
+
+def test_status_counts_jobs_per_stage_from_the_store(env):
+    from cotdsl.run import status
+
+    spec = write_spec(env)
+    assert run(spec, only=["target=none,after", "seed=0"], console=quiet()) == EXIT_OK
+    import shutil
+
+    (tid,) = [k for k, v in jobs(env / "runs" / "tiny").items() if v["stage"] == "train" and "after" in v["label"]]
+    shutil.rmtree(env / ".cotdsl-cache" / tid)  # as if that job had not run yet
+    con = Console(record=True, width=120)
+    assert status(env / "runs" / "tiny", console=con) == EXIT_OK
+    text = con.export_text()
+    train_row = next(line for line in text.splitlines() if "train" in line)
+    assert "1" in train_row.split("│")[2] and "1" in train_row.split("│")[3]  # 1 done, 1 not done

@@ -66,3 +66,43 @@ class SlurmEngine:
 
     def close(self) -> None:
         self.live.clear()
+
+
+def submit_detached(plan, store: Store, cfg) -> dict[str, str]:
+    """Submit every unfinished job at once, each held by `afterok` on the Slurm jobs of its
+    inputs (cancelled if one of those dies), and return {job id: Slurm job id} without waiting.
+    A job whose input failed inside cotdsl (its Slurm job still ends OK) finds the input missing
+    from the store and records itself as skipped."""
+    eng = SlurmEngine(store, cfg)
+    ids: dict[str, str] = {}
+    for job in plan.jobs:  # topological: inputs are submitted first
+        if store.done(job.stage, job.key):
+            continue
+        params = eng._params(job)
+        after = [ids[d] for d in job.deps if d in ids]
+        if after:
+            params["slurm_additional_parameters"] = {**params["slurm_additional_parameters"],
+                                                     "dependency": "afterok:" + ":".join(after),
+                                                     "kill_on_invalid_dep": "yes"}
+        eng.ex.update_parameters(**params)
+        ids[job.id] = eng.ex.submit(run_job, job, str(eng.root)).job_id
+    return ids
+
+
+def slurm_states(folder, ids: dict[str, str]) -> dict[str, tuple[str, Outcome | None]]:
+    """{job id: (Slurm state, the Outcome it returned if finished)} for detached jobs."""
+    import submitit
+
+    out = {}
+    for jid, sid in ids.items():
+        sj = submitit.SlurmJob(folder=folder, job_id=sid)
+        state, result = sj.state, None
+        if state == "COMPLETED" or sj.paths.result_pickle.exists():
+            try:
+                result = sj.result()
+            except Exception as exc:  # noqa: BLE001 - the job died: no Outcome
+                from ..jobs.runner import cause_of
+
+                result = Outcome("failed", cause=cause_of(exc))
+        out[jid] = (state, result)
+    return out

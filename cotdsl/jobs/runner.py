@@ -52,6 +52,9 @@ def run_job(job, store: Store | str | Path, progress: Progress | None = None,
     store = store if isinstance(store, Store) else Store(Path(store))
     if store.done(job.stage, job.key):
         return Outcome("cached")
+    missing = [d for d in job.deps if not store.done(*d.split("/", 1))]
+    if missing:  # e.g. a detached Slurm job whose input job failed: never run on absent inputs
+        return Outcome("skipped", cause=f"input {missing[0]} is not in the store (it failed or has not run)")
     with store.lock(job.stage, job.key, on_wait=on_wait):
         if store.done(job.stage, job.key):  # another process finished it while we waited
             return Outcome("cached")

@@ -33,3 +33,31 @@ def test_slurm_gives_the_in_process_numbers_and_isolates_a_failure(slurm, slurm_
     assert {broken[s]["status"] for s in ("train", "eval", "probe")} == {"skipped"}
     assert {v["status"] for v in st.values() if "broken" not in v["label"]} == {"ran"}
     assert list((tmp_path / "c2" / "_slurm").iterdir())  # submitit's logs live beside the store
+
+
+def test_detached_run_then_status_then_collect(slurm, slurm_partition, tmp_path, monkeypatch):
+    import time
+
+    from rich.console import Console
+
+    from cotdsl.run import status
+
+    monkeypatch.chdir(tmp_path)
+    spec = write_spec(tmp_path)
+    only = ["target=after", "seed=0"]
+    cfg = ExecutorCfg(kind="slurm", partition=slurm_partition, time_min=10)
+    assert run(spec, only=only, console=quiet(), executor=cfg, detach=True) == EXIT_OK
+    rd = tmp_path / "runs" / "tiny"
+    det = __import__("json").loads((rd / "detached.json").read_text())
+    assert len(det["slurm"]) == 6  # data, teacher, render, train, eval, probe: all submitted at once
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        con = Console(record=True, width=150)
+        status(rd, console=con)
+        text = con.export_text()
+        if "done" in text and not any(w in text for w in ("running", "waiting", "not done")):
+            break
+        time.sleep(2)
+    assert "failed" not in text and "probe" in text
+    assert run(spec, only=only, console=quiet()) == EXIT_OK  # collects: everything is cached
+    assert {v["status"] for v in jobs(rd).values()} == {"cached"}
