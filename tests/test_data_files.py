@@ -89,8 +89,11 @@ def test_file_level_errors(tmp_path):
     with pytest.raises(CotError, match="unknown format"):
         load_file(tmp_path / "x.txt", IDENT)
     (tmp_path / "j.jsonl").write_text('{"question": "Q?"}\n{oops\n')
-    with pytest.raises(CotError, match=r"row 2(, column \d+)?: not valid JSON"):
+    with pytest.raises(CotError, match=r"row 2, column 2: not valid JSON \(Expecting property name"):
         load_file(tmp_path / "j.jsonl", IDENT)
+    (tmp_path / "u.jsonl").write_text('{"question": "Q?"}\n{"question": "unterminated\n')
+    with pytest.raises(CotError, match=r"row 2, column 14: not valid JSON \(Unterminated string starting at\)"):
+        load_file(tmp_path / "u.jsonl", IDENT)
     p = write_jsonl(tmp_path / "d.jsonl", [{"id": 1, "question": "Q", "choices": "a|b", "label": "a"}] * 2)
     with pytest.raises(CotError, match="row 2: field 'id': duplicate"):
         load_file(p, IDENT)

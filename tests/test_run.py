@@ -414,3 +414,12 @@ def test_status_counts_jobs_per_stage_from_the_store(env):
     text = con.export_text()
     train_row = next(line for line in text.splitlines() if "train" in line)
     assert "1" in train_row.split("│")[2] and "1" in train_row.split("│")[3]  # 1 done, 1 not done
+
+
+def test_limit_test_caps_the_test_set_apart_from_train(env):
+    spec = write_spec(env)
+    assert run(spec, only=["target=none", "seed=0"], limit=8, limit_test=5, console=quiet()) == EXIT_OK
+    st = jobs(env / "runs" / "tiny")
+    (data,) = [v for v in st.values() if v["stage"] == "data"]
+    assert data["info"] == {"train": 8, "test": 5}
+    assert len(pl.read_parquet(env / "runs" / "tiny" / "results.parquet")) == 5
