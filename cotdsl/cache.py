@@ -73,6 +73,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _share(path: Path | str, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create 0600/0700 entries; published results get the modes of any file the
+    user creates (0644/0755 under the usual umask), so collaborators can read a run folder."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,6 +94,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _share(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -101,6 +114,7 @@ def atomic_write_parquet(path: Path, df) -> None:
     os.close(fd)
     try:
         df.write_parquet(tmp)
+        _share(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -165,6 +179,7 @@ class Store:
         try:
             yield tmp
             (tmp / "DONE").write_text("ok\n")
+            _share(tmp, directory=True)
             if final.exists():  # a stale partial result from an older layout: replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)

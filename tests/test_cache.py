@@ -50,3 +50,25 @@ def test_store_survives_kill_9(tmp_path):
     os.kill(p.pid, signal.SIGKILL)
     p.wait()
     assert not Store(tmp_path).done("eval", "k")
+
+
+def test_published_files_and_job_dirs_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    import polars as pl
+
+    from cotdsl.cache import Store, atomic_write_json, atomic_write_parquet
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        atomic_write_parquet(tmp_path / "b.parquet", pl.DataFrame({"x": [1]}))
+        store = Store(tmp_path / "store")
+        with store.writing("eval", "k1") as out:
+            (out / "p.txt").write_text("hi")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.parquet").stat().st_mode) == 0o644
+    assert stat.S_IMODE(store.path("eval", "k1").stat().st_mode) == 0o755
