@@ -40,8 +40,16 @@ def load_gguf(path: Path, dtype: torch.dtype = torch.float32):
     st = path.stat()
     snap = cache_dir() / "gguf" / f"{path.stem}-{st.st_size}-{int(st.st_mtime)}"
     if not (snap / "config.json").exists():
-        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+        # Its tqdm bar ("Converting and de-quantizing GGUF tensors...") would cut through our
+        # progress display; transformers' own switch does not reach it (a direct tqdm import).
+        bar, gguf_utils.tqdm = gguf_utils.tqdm, lambda it, *a, **k: it
+        try:
+            tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        finally:
+            gguf_utils.tqdm = bar
         tmp = snap.with_name(snap.name + f".tmp{os.getpid()}")
         # The weights are already dequantised to fp32; drop the gguf marker so HF will save them.
         model.hf_quantizer = None
