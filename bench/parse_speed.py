@@ -7,6 +7,10 @@ parse only (`parse_source`), check only (`_Checker.run_parsed` on the parsed fil
 together (`check_source`, what `cotdsl check` does per file). The cold figure runs a fresh Python
 process that imports cotdsl, builds (or loads the cached) parser and checks the spec once, and
 reports its wall time from interpreter start, also split into its parts; medians over 3 processes.
+`lark inline` is the alternative to `cotdsl/lang/parse_fast.py`: lark's own LALR parser with the
+same transformer run inline (`Lark(..., transformer=...)`) and comments taken by `lexer_callbacks`.
+`--cpu` times the warm figures in this process's CPU time, which other work on a shared machine
+disturbs far less than wall time.
 """
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cotdsl.check import _Checker, check_source  # noqa: E402
-from cotdsl.parse import parse_source  # noqa: E402
+from cotdsl.lang.check import _Checker, check_source  # noqa: E402
+from cotdsl.lang.parse import parse_source  # noqa: E402
 
 
 def make_spec(lines: int = 1000) -> str:
@@ -44,10 +48,10 @@ import json, sys, time
 t_start = int(sys.argv[1]) / 1e9
 sys.path.insert(0, sys.argv[2])
 t0 = time.time()
-from cotdsl import parse
-from cotdsl.check import check_source
+from cotdsl.lang import grammar
+from cotdsl.lang.check import check_source
 t1 = time.time()
-parse.parser(); parse.fast_parser()
+grammar.parser(); grammar.fast_parser()
 t2 = time.time()
 text = open(sys.argv[3], encoding="utf-8").read()
 t3 = time.time()
@@ -75,31 +79,54 @@ def cold(text: str, runs: int = 3) -> dict[str, float]:
     return {k: statistics.median(o[k] for o in out) for k in out[0]}
 
 
+def lark_inline(text: str, runs: int, clock=time.perf_counter) -> list[float]:
+    """Seconds per parse with lark's own LALR parser and the transformer inline."""
+    import lark
+
+    from cotdsl.lang.grammar import grammar_text
+    from cotdsl.lang.parse import _ToAst
+
+    conv, comments = _ToAst("bench.cot"), []
+    p = lark.Lark(grammar_text(), parser="lalr", maybe_placeholders=True, transformer=conv,
+                  lexer_callbacks={"COMMENT": comments.append})
+    out = []
+    for _ in range(runs):
+        t0 = clock()
+        conv.errors, comments[:] = [], []
+        p.parse(text)
+        out.append(clock() - t0)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=15)
-    runs = ap.parse_args().runs
+    ap.add_argument("--cpu", action="store_true", help="time warm runs in process CPU time")
+    args = ap.parse_args()
+    runs, clock = args.runs, time.process_time if args.cpu else time.perf_counter
     text = make_spec()
     exp = check_source(text, "bench.cot")  # warm: grammar compiled, registry imported
     parse_t, check_t, total_t = [], [], []
     for _ in range(runs):
-        t0 = time.perf_counter()
+        t0 = clock()
         f = parse_source(text, "bench.cot")
-        t1 = time.perf_counter()
+        t1 = clock()
         c = _Checker("bench.cot")
         c.col.sources["bench.cot"] = text
         c.run_parsed(f)
-        t2 = time.perf_counter()
+        t2 = clock()
         check_source(text, "bench.cot")
-        t3 = time.perf_counter()
+        t3 = clock()
         parse_t.append(t1 - t0)
         check_t.append(t2 - t1)
         total_t.append(t3 - t2)
     n = text.count("\n")
-    print(f"{n} lines, {len(text):,} chars, {len(exp.conditions)} conditions; medians of {runs} runs")
+    print(f"{n} lines, {len(text):,} chars, {len(exp.conditions)} conditions; medians of {runs} runs"
+          f"{' (CPU time)' if args.cpu else ''}")
     print(f"parse only:     {_median(parse_t)}")
     print(f"check only:     {_median(check_t)}")
     print(f"parse + check:  {_median(total_t)}   (target < 200 ms)")
+    print(f"lark inline:    {_median(lark_inline(text, runs, clock))}   (parse only; instead of parse_fast)")
     c = cold(text)
     print(f"cold process:   {c['total'] * 1e3:6.1f} ms = interpreter {c['startup'] * 1e3:.0f} + import "
           f"{c['import'] * 1e3:.0f} + parser build/load {c['build'] * 1e3:.0f} + parse+check "

@@ -13,11 +13,11 @@ __all__ = ["load", "check_source", "CotError", "Diagnostic", "__version__"]
 
 def load(path):
     """Read, parse and check a .cot file -> `spec.Experiment`. Raises `CotError`."""
-    from cotdsl.check import load as _load  # lazy: `import cotdsl` stays cheap for submodules
+    from cotdsl.lang import load as _load  # lazy: `import cotdsl` stays cheap for submodules
     return _load(path)
 
 
 def check_source(text, path: str = "<string>"):
     """Parse and check spec text -> `spec.Experiment`. Raises `CotError`."""
-    from cotdsl.check import check_source as _check
+    from cotdsl.lang import check_source as _check
     return _check(text, path)

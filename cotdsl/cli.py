@@ -41,7 +41,7 @@ def guard():
 
 
 def _load(path: Path):
-    from cotdsl.check import load
+    from cotdsl.lang import load
     return load(path)
 
 
@@ -128,8 +128,8 @@ def fmt(files: List[Path] = typer.Argument(..., help="spec files (.cot)"),
         check_only: bool = typer.Option(False, "--check", help="exit 1 if a file is not formatted"),
         write: bool = typer.Option(False, "--write", "-w", help="rewrite the files in place")):
     """Print specs in canonical form (or --write them back, or --check them)."""
-    from cotdsl.fmt import format_source
-    from cotdsl.parse import read_source
+    from cotdsl.lang.fmt import format_source
+    from cotdsl.lang.parse import read_source
     bad = 0
     with guard():
         for f in files:

@@ -1,4 +1,4 @@
-"""The one user-facing error type: `CotError`, a list of `Diagnostic`s.
+"""The one user-facing error type: `CotError`, a list of `Diagnostic`s, each at a `Pos`.
 
 Every failure caused by what a user wrote (syntax, semantics, missing files, bad plugins) is a
 `CotError`; the CLI prints `err.render()` to stderr and exits 1, so users never see a traceback.
@@ -15,7 +15,17 @@ import difflib
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from cotdsl.spec import Pos
+
+@dataclass(frozen=True)
+class Pos:
+    """A place in a spec file: 1-based line and column."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
 
 
 @dataclass(frozen=True)

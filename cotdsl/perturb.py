@@ -2,12 +2,14 @@
 
 A perturbation is one Python function over *units* (words by default, tokenizer tokens where
 asked) registered with `@perturbation`. The checker validates every call in a spec against the
-registered `params`; rendering calls `fn(units, ctx, **params)`. Third-party perturbations register
+registered `params` (`Param` is the language's own parameter type, `cotdsl.lang.params`); rendering
+calls `fn(units, ctx, **params)`. Third-party perturbations register
 the same way, from a module a spec names with `plugin "pkg.module"` or through the
 `cotdsl.perturbations` entry-point group. No grammar edit is ever needed.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import math
@@ -17,25 +19,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-REQUIRED = object()
-
-
-@dataclass(frozen=True)
-class Param:
-    """One parameter after the input: type is float, int or str; lo/hi bound numbers
-    (inclusive); choices restrict strings; default=REQUIRED makes it mandatory."""
-
-    name: str
-    type: type
-    lo: float | None = None
-    hi: float | None = None
-    default: Any = REQUIRED
-    choices: tuple[str, ...] | None = None
-    doc: str = ""
-
-    @property
-    def required(self) -> bool:
-        return self.default is REQUIRED
+from cotdsl.errors import CotError, Diagnostic
+from cotdsl.lang.params import REQUIRED, Param  # noqa: F401  (plugins import Param from here)
 
 
 @dataclass
@@ -253,10 +238,7 @@ def _spread(tok, text: str, word_scores: Sequence[float]) -> list[float]:
 ENTRY_POINT_GROUP = "cotdsl.perturbations"
 
 
-def _plugin_error(message: str, hint: str | None = None) -> Exception:
-    """A user-facing CotError (imported lazily: errors.py imports spec, which must stay light)."""
-    from cotdsl.errors import CotError, Diagnostic
-
+def _plugin_error(message: str, hint: str | None = None) -> CotError:
     return CotError([Diagnostic(None, message, hint=hint)])
 
 
@@ -284,3 +266,28 @@ def load_plugins(names: Sequence[str] = (), *, entry_points: bool = True) -> lis
             if isinstance(obj, Perturbation):  # an entry point may name a ready Perturbation
                 REGISTRY.setdefault(obj.name, obj)
     return sorted(set(REGISTRY) - before)
+
+
+@contextlib.contextmanager
+def plugin_search(dirs: Sequence[str]):
+    """Put `dirs` (empty entries skipped) first on sys.path while importing plugins, then take
+    exactly those entries out again: a spec's folder must not stay importable for everything."""
+    added = [d for d in dict.fromkeys(dirs) if d]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for d in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(d)
+
+
+def import_plugins(exp: Any) -> list[str]:
+    """Import a checked experiment's plugins in this process (e.g. a worker), each from the
+    folder `check` found it in; returns the perturbations added."""
+    paths = exp.plugin_paths or ("",) * len(exp.plugins)
+    added = []
+    for module, where in zip(exp.plugins, paths):
+        with plugin_search([where]):
+            added += load_plugins([module], entry_points=False)
+    return added

@@ -9,12 +9,10 @@ its stage's code version, so finished jobs are reused across runs and across spe
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
-
 from .cache import files_digest, stable_hash
 from .jobs.types import (STAGES, DataJob, EvalJob, Job, ProbeJob, RankJob, RenderJob, Resources, SampleJob,
                          TeacherJob, TrainJob, resources_for)
-from .spec import Call, Condition, Experiment, Ref
+from .spec import Condition, Experiment
 
 __all__ = ["STAGES", "Job", "Plan", "make_plan"]
 
@@ -32,19 +30,6 @@ class Plan:
         return next(j for j in self.jobs if j.id == job_id)
 
 
-def _calls(expr: Any) -> Iterable[Call]:
-    if isinstance(expr, Call):
-        yield expr
-        for a in expr.args:
-            yield from _calls(a)
-
-
-def ig_calls(cond: Condition) -> Iterable[Call]:
-    """The `keytokens(..., by: ig)` calls of a condition."""
-    return (c for t in cond.tasks for s in t.segments for c in _calls(s)
-            if c.fn == "keytokens" and c.kw("by", "ig") == "ig")
-
-
 def perturbation_versions(cond: Condition) -> dict[str, str]:
     """Code version of every perturbation a condition calls that lives outside cotdsl (a plugin
     module or an entry point): editing a plugin re-renders the conditions that use it. Built-ins
@@ -53,18 +38,11 @@ def perturbation_versions(cond: Condition) -> dict[str, str]:
     from .cache import code_version
 
     out = {}
-    for t in cond.tasks:
-        for s in t.segments:
-            for c in _calls(s):
-                p = perturb.REGISTRY.get(c.fn)
-                if p is not None and getattr(p.fn, "__module__", None) != perturb.__name__:
-                    out[c.fn] = code_version(p.fn)
+    for c in cond.calls():
+        p = perturb.REGISTRY.get(c.fn)
+        if p is not None and getattr(p.fn, "__module__", None) != perturb.__name__:
+            out[c.fn] = code_version(p.fn)
     return out
-
-
-def scorer_of(cond: Condition) -> str | None:
-    """The IG scorer a condition's key tokens come from: "student", "teacher" or a condition name."""
-    return next((c.kw("scorer", "student") or "student" for c in ig_calls(cond)), None)
 
 
 def _toposort(jobs: list[Job]) -> list[Job]:
@@ -84,12 +62,6 @@ def _toposort(jobs: list[Job]) -> list[Job]:
             raise ValueError(f"cyclic job dependencies: {[j.label for j in rest]}")
         pending = rest
     return out
-
-
-def is_baseline(cond: Condition) -> bool:
-    """The no-rationale condition (`target none = label`) that deltas are measured against."""
-    return (len(cond.tasks) == 1 and len(cond.tasks[0].segments) == 1
-            and isinstance(cond.tasks[0].segments[0], Ref) and cond.tasks[0].segments[0].name == "label")
 
 
 def stage_versions() -> dict[str, str]:
@@ -142,11 +114,11 @@ def make_plan(exp: Experiment, *, limit: int | None = None, limit_test: int | No
             trains: dict[tuple[str, int], Job] = {}  # (condition, seed) -> its train job
             ranks: dict[tuple[str, int], Job] = {}   # (scorer, seed) -> IG ranking job
             deferred = []
-            for cond in sorted(conds, key=lambda c: scorer_of(c) not in (None, "student", "teacher")):
+            for cond in sorted(conds, key=lambda c: c.scorer() not in (None, "student", "teacher")):
                 for seed in seeds:
                     name = f"{cond.name} · {stu.name} · {src.name} · seed {seed}"
                     rank = None
-                    scorer = scorer_of(cond)
+                    scorer = cond.scorer()
                     if scorer is not None:
                         if scorer in ("student", "teacher"):
                             rk, deps, what = (scorer, 0), (t.id,), stu if scorer == "student" else exp.teacher
@@ -183,10 +155,14 @@ def make_plan(exp: Experiment, *, limit: int | None = None, limit_test: int | No
                                  eval=exp.eval, resources=res("eval", stu, exp.eval.batch), **common)
                     deferred += [r, tr, ev]
                     if exp.probe is not None:
+                        # a generating student is probed after its own generations: the eval job's
+                        own = exp.probe.context == "generated" and cond.eval_by == "generate"
                         deferred.append(ProbeJob(
-                            key=stable_hash([tr.key, exp.probe, cond.tasks[0], d.key, v["probe"]]),
-                            deps=(tr.id, d.id), label=f"probe {name}", train_job=tr.id, data_job=d.id,
-                            render_job=r.id, probe=exp.probe, resources=res("probe", stu), **common))
+                            key=stable_hash([tr.key, exp.probe, cond.tasks[0], d.key, v["probe"]]
+                                            + ([ev.key] if own else [])),
+                            deps=(tr.id, d.id) + ((ev.id,) if own else ()), label=f"probe {name}", train_job=tr.id,
+                            data_job=d.id, render_job=r.id, probe=exp.probe, eval_job=ev.id if own else None,
+                            resources=res("probe", stu), **common))
             jobs += deferred
     return Plan(exp, tuple(_toposort(jobs)), limit)
 

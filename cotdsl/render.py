@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 from cotdsl import perturb
 from cotdsl.perturb import _spread, _token_units, rank_words  # noqa: F401  (rank_words is public here too)
 from cotdsl.schema import Example, format_prompt
-from cotdsl.spec import Call, Condition, Lit, Ref, Task
+from cotdsl.spec import Call, Condition, Lit, Ref, Task, reads
 
 Rankings = Mapping[str, Mapping[str, Sequence[float]]]
 
@@ -64,27 +64,6 @@ def stable_seed(*parts: Any) -> int:
     """A seed from a stable hash (`hash()` is salted per process)."""
     h = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
     return int.from_bytes(h[:8], "big")
-
-
-def _uses(expr: Any, name: str) -> bool:
-    """Whether `expr` reads the example field `name` anywhere inside it."""
-    if isinstance(expr, Ref):
-        return expr.name == name
-    if isinstance(expr, Call):
-        return any(_uses(a, name) for a in expr.args) or any(_uses(v, name) for _, v in expr.kwargs)
-    return False
-
-
-def _const(v: Any) -> Any:
-    """A parameter value as a Python constant (the parser may hand identifiers over as Refs and
-    `field(name)` as a Call)."""
-    if isinstance(v, Lit):
-        return v.text
-    if isinstance(v, Ref):
-        return v.name
-    if isinstance(v, Call) and v.fn == "field" and len(v.args) == 1:
-        return f"field:{_const(v.args[0])}"
-    return v
 
 
 def _join_words(units: list[str], specials: frozenset[str]) -> str:
@@ -144,24 +123,18 @@ class _Env:
         pert = perturb.REGISTRY.get(call.fn)
         if pert is None:
             raise ValueError(f"unknown perturbation {call.fn!r} (known: {', '.join(sorted(perturb.REGISTRY))})")
-        if _uses(call, "label"):
+        if reads(call, "label"):
             raise ValueError(f"{call.fn}(...) touches the label; perturbations never apply to the label")
-        args = list(call.args)
+        # A checked call is canonical (cotdsl.lang.targets): its input, if any, then every
+        # parameter by name, defaults filled and validated, and `unit` last.
+        params = dict(call.kwargs)
+        unit = params.pop("unit", pert.unit)
         if pert.takes_input:
-            if not args:
-                raise ValueError(f"{call.fn} needs an input, e.g. {call.fn}(rationale)")
-            inp, args = args[0], args[1:]
+            inp = call.args[0]
             text, kind = self.eval(inp, path + ".0")
         else:
             inp, text, kind = None, "", call.fn
-        params = self.bind(pert, call, args)
-        unit = _const(call.kw("unit", pert.unit))
-        if unit == "word":
-            units = text.split()
-        elif unit == "token":
-            units = _token_units(self.tok, text)[0]
-        else:
-            raise ValueError(f"unit must be word or token, not {unit!r}")
+        units = text.split() if unit == "word" else _token_units(self.tok, text)[0]
 
         def ranker(by: str) -> list[float]:
             words = text.split()
@@ -177,41 +150,6 @@ class _Env:
         else:  # edge whitespace (a leading "Ġ") is dropped: separating segments is _pieces' job
             joined = self.tok.convert_tokens_to_string(out).strip() if out else ""
         return joined, kind
-
-    @staticmethod
-    def bind(pert: perturb.Perturbation, call: Call, args: list[Any]) -> dict[str, Any]:
-        """Positional then keyword arguments -> {param: value}, with defaults and range checks
-        (the checker already reports these to the user; this guards programmatic use)."""
-        names = [p.name for p in pert.params]
-        if len(args) > len(names):
-            raise ValueError(f"{call.fn} takes {len(names)} parameter(s) after its input, got {len(args)}")
-        vals = {n: _const(a) for n, a in zip(names, args)}
-        for k, v in call.kwargs:
-            if k == "unit":
-                continue
-            if k not in names:
-                raise ValueError(f"{call.fn} has no parameter {k!r} (parameters: {', '.join(names) or 'none'})")
-            if k in vals:
-                raise ValueError(f"{call.fn}: parameter {k!r} given twice")
-            vals[k] = _const(v)
-        for p in pert.params:
-            if p.name not in vals:
-                if p.required:
-                    raise ValueError(f"{call.fn}: missing parameter {p.name!r}")
-                vals[p.name] = p.default
-                continue
-            v = vals[p.name]
-            if v is None and not p.required:
-                continue
-            if p.type is float and isinstance(v, int) and not isinstance(v, bool):
-                v = vals[p.name] = float(v)
-            if not isinstance(v, p.type) or isinstance(v, bool):
-                raise ValueError(f"{call.fn}: {p.name} must be {p.type.__name__}, got {v!r}")
-            if (p.lo is not None and v < p.lo) or (p.hi is not None and v > p.hi):
-                raise ValueError(f"{call.fn}: {p.name}={v!r} outside [{p.lo}, {p.hi}]")
-            if p.choices is not None and v not in p.choices:
-                raise ValueError(f"{call.fn}: {p.name} must be one of {', '.join(p.choices)}, got {v!r}")
-        return vals
 
 
 # ---- assembling a sequence --------------------------------------------------------------------
@@ -293,7 +231,7 @@ def _shorten(tok, prompt, task, segs, max_len, ex, specials):
     """Drop trailing words of rationale-bearing segments (last segment first, binary search on the
     word count) until the sequence fits; the prompt and the label are never shortened."""
     segs = list(segs)
-    words = {i: s[1].split() for i, s in enumerate(segs) if _uses(task.segments[i], "rationale")}
+    words = {i: s[1].split() for i, s in enumerate(segs) if reads(task.segments[i], "rationale")}
     for i in sorted(words, reverse=True):
         kind, _, is_lit = segs[i]
 
@@ -322,19 +260,12 @@ def render(ex: Example, cond: Condition, tok, *, seed: int, rankings: Rankings |
     return [_render_task(ex, cond, tok, seed, ti, task, rankings, max_len) for ti, task in enumerate(cond.tasks)]
 
 
-def _label_index(task: Task) -> int | None:
-    for i, seg in enumerate(task.segments):
-        if isinstance(seg, Ref) and seg.name == "label":
-            return i
-    return None
-
-
 def eval_context(ex: Example, cond: Condition, tok, *, seed: int) -> EvalContext | None:
     """The rank evaluator's view of the first task: the ids before the label and each choice's
     ids in the label's position, or None when the label is absent or follows rationale content."""
     task = cond.tasks[0]
-    li = _label_index(task)
-    if li is None or any(_uses(s, "rationale") for s in task.segments[:li]):
+    li = task.label_index()
+    if li is None or task.rationale_before_label():
         return None
     env = _Env(ex, cond, tok, seed, 0, None)
     segs = []
@@ -381,7 +312,7 @@ def parse_answer(generated: str, ex: Example, cond: Condition) -> int | None:
     """
     task = cond.tasks[0]
     segs = task.segments
-    li = _label_index(task)
+    li = task.label_index()
     if li is None:
         return None
     before = segs[li - 1] if li > 0 else None
@@ -396,7 +327,7 @@ def parse_answer(generated: str, ex: Example, cond: Condition) -> int | None:
             rest = rest[:rest.index(after.text)]
         return _match(rest.strip().split("\n")[0] if rest.strip() else "", ex)
     lines = generated.split("\n")
-    if any(_uses(s, "rationale") for s in segs[:li]):
+    if task.rationale_before_label():
         nonempty = [ln for ln in lines if ln.strip()]
         return _match(nonempty[-1], ex) if nonempty else None
     # Nothing rationale-dependent before the label: count the newlines the target puts before it

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .cache import Store, atomic_write_json, atomic_write_parquet
-from .plan import Plan, is_baseline
+from .plan import Plan
 
 KEYS = ["condition", "student", "data"]
 
@@ -45,11 +45,20 @@ def collect(plan: Plan, store: Store, outcomes: dict, run_dir: Path) -> None:
     (run_dir / "lens.parquet").unlink(missing_ok=True)  # never a previous run's layers
     if lens_frames:
         atomic_write_parquet(run_dir / "lens.parquet", pl.concat(lens_frames, how="diagonal_relaxed"))
+    curves = []  # training loss per optimizer step, for figures and the paper
+    for job in plan.by_stage("train"):
+        if store.done("train", job.key):
+            losses = json.loads((store.path("train", job.key) / "train.json").read_text()).get("losses") or []
+            cols = _job_cols(job, exp.name)
+            curves += [{**cols, "step": i + 1, "loss": float(x)} for i, x in enumerate(losses)]
+    atomic_write_parquet(run_dir / "train_curves.parquet", pl.DataFrame(curves) if curves else pl.DataFrame())
     coverage = []  # how many test examples each probe could read the label of
     for job in plan.by_stage("probe"):
         if store.done("probe", job.key):
             info = json.loads((store.path("probe", job.key) / "job.json").read_text())["info"]
-            coverage.append({**_job_cols(job, exp.name), "probed": info.get("examples"), "of": info.get("of")})
+            coverage.append({**_job_cols(job, exp.name), "probed": info.get("examples"), "of": info.get("of"),
+                             **{k: info.get(k) for k in ("context", "score", "unparsed", "no_rationale",
+                                                         "names_choice", "tied")}})
     atomic_write_json(run_dir / "probe_coverage.json", coverage)
     failed = {}  # (condition, student, data) -> (evaluations that did not finish, first cause)
     for job in plan.jobs:
@@ -65,7 +74,7 @@ def collect(plan: Plan, store: Store, outcomes: dict, run_dir: Path) -> None:
         (run_dir / "figures").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / "ig_example.png", run_dir / "figures" / "ig_example.png")
         shutil.copyfile(src / "ig.json", run_dir / "ig.json")
-    baseline = next((c.name for c in exp.conditions if is_baseline(c)), None)
+    baseline = next((c.name for c in exp.conditions if c.is_baseline()), None)
     atomic_write_parquet(run_dir / "summary.parquet", summarize(results, baseline, failed, exp))
 
 
@@ -75,27 +84,36 @@ SUMMARY_SCHEMA = {"condition": pl.Utf8, "student": pl.Utf8, "data": pl.Utf8, "fa
                   "params": pl.Utf8, "seeds": pl.Int64, "n": pl.Int64, "acc": pl.Float64,
                   "acc_std": pl.Float64, "acc_norm": pl.Float64, "unparseable": pl.Int64,
                   "failed": pl.Int64, "cause": pl.Utf8, "delta": pl.Float64, "delta_lo": pl.Float64,
-                  "delta_hi": pl.Float64}
+                  "delta_hi": pl.Float64, "acc_lo": pl.Float64, "acc_hi": pl.Float64, "chance": pl.Float64,
+                  "baseline": pl.Boolean, "reference": pl.Utf8}
 
 
 def summarize(results: pl.DataFrame, baseline: str | None, failed: dict, exp) -> pl.DataFrame:
     """One row per condition x student x data. `failed` maps such a key to (evaluations that did
     not finish, the first one's cause). acc_std is null with a single seed (undefined)."""
-    from .jobs.evaluate import paired_bootstrap
+    from .stats import bootstrap_mean, paired_bootstrap
 
     rows = []
+    from .figures import unperturbed
+
     order = {c.name: i for i, c in enumerate(exp.conditions)}
+    refs = {c.name: unperturbed(c, exp.conditions) for c in exp.conditions if c.params}
     failed = dict(failed)
     groups = results.partition_by(KEYS, as_dict=True) if len(results) else {}
     for key, g in groups.items():
         per_seed = g.group_by("seed").agg(pl.col("correct").mean().alias("acc"),
                                           pl.col("correct_norm").mean().alias("acc_norm"))
         n_failed, cause = failed.pop(key, (0, None))
+        per_ex = g.group_by("ex_id").agg(pl.col("correct").mean())["correct"].to_numpy()  # over seeds
+        _, acc_lo, acc_hi = bootstrap_mean(per_ex, seed=0)
+        chance = float((1 / g["n_choices"]).mean()) if "n_choices" in g.columns and g["n_choices"].null_count() == 0 else None
         row = dict(zip(KEYS, key))
         row.update(family=g["family"][0], params=g["params"][0], seeds=len(per_seed),
                    n=len(g), acc=per_seed["acc"].mean(), acc_std=per_seed["acc"].std(ddof=1) if len(per_seed) > 1 else None,
                    acc_norm=per_seed["acc_norm"].mean(), unparseable=int(g["unparseable"].sum()),
-                   failed=n_failed, cause=cause, delta=None, delta_lo=None, delta_hi=None)
+                   failed=n_failed, cause=cause, delta=None, delta_lo=None, delta_hi=None,
+                   acc_lo=acc_lo, acc_hi=acc_hi, chance=chance, baseline=key[0] == baseline,
+                   reference=refs.get(key[0]))
         base_key = (baseline, key[1], key[2])
         if baseline is not None and key[0] != baseline and base_key in groups:
             b = groups[base_key].select("seed", "ex_id", pl.col("correct").alias("base"))
@@ -157,16 +175,55 @@ def print_summary(run_dir: Path, console: Console) -> None:
                   "(rank-evaluated targets); unparsed: generated answers naming no choice (counted wrong).[/]")
 
 
+CONTEXTS = {"label first": "the target's own text before the label (label first: no rationale)",
+            "generated": "its own generated rationale (the evaluation's greedy text, up to its answer)",
+            "gold": "the GOLD rationale, teacher-forced (probe { context: gold })",
+            "prompt": "the prompt only (probe { context: none })"}
+CONTEXT_TAGS = {"gold": " [gold rationale]", "prompt": " [prompt only]"}
+
+
+def _print_contexts(df: pl.DataFrame, covs: list[dict], console: Console) -> None:
+    """Which text each condition's label was read after; gold contexts naming a choice; ties."""
+    from rich.markup import escape
+
+    if "context" not in df.columns:
+        return
+    by_ctx: dict[str, list[str]] = {}
+    for cond, ctx in df.select("condition", "context").unique(maintain_order=True).iter_rows():
+        by_ctx.setdefault(ctx, []).append(cond)
+    console.print("label read after: " + "; ".join(f"{escape(', '.join(dict.fromkeys(cs)))} — {CONTEXTS.get(k, k)}"
+                                                   for k, cs in by_ctx.items()), soft_wrap=True)
+    gold: dict[str, list[int]] = {}
+    for c in covs:
+        if c.get("context") == "gold" and c.get("probed"):
+            n = gold.setdefault(c["condition"], [0, 0])
+            n[0], n[1] = n[0] + (c.get("names_choice") or 0), n[1] + c["probed"]
+    for cond, (k, n) in gold.items():
+        if k and cond in by_ctx.get("gold", []):
+            console.print(f"[yellow]{escape(cond)}[/]: {k} of {n} gold contexts contain a choice's text: its "
+                          "P(label) reads the answer off the given rationale, not the student's own reasoning "
+                          "(compare with probe { context: generated })", soft_wrap=True)
+    if "score" in df.columns and (df["score"] == "first_token").any():
+        ex = df.filter(pl.col("score") == "first_token").unique(["condition", "seed", "ex_id"])
+        console.print(f"first-token readout (probe {{ score: first_token }}): {int(ex['tied'].sum())} of {len(ex)} "
+                      "probed examples have choices sharing a first token; they tie at every layer, so such an "
+                      "example never commits (the default score: label reads whole labels)", soft_wrap=True)
+
+
 def print_lens(run_dir: Path, console: Console, png: bool = True) -> list[Path]:
     """Layer-by-layer confidence report (both lenses) and its PNG, from lens.parquet."""
     from rich.markup import escape
 
     path, cov = run_dir / "lens.parquet", run_dir / "probe_coverage.json"
-    for c in json.loads(cov.read_text()) if cov.exists() else []:
+    covs = json.loads(cov.read_text()) if cov.exists() else []
+    for c in covs:
         if c["of"] is not None and c["probed"] < c["of"]:
+            why = [f"{c['unparsed']} generated no parseable answer" if c.get("unparsed") else "",
+                   f"{c['no_rationale']} have no gold rationale" if c.get("no_rationale") else ""]
+            why = "; ".join(w for w in why if w) or "a rationale-first target needs the example's rationale"
             console.print(f"[yellow]{escape(c['condition'])} · {escape(c['student'])} · seed {c['seed']}[/]: "
-                          f"{c['probed']} of {c['of']} test examples could be probed at the label "
-                          "(a rationale-first target needs the example's rationale)", soft_wrap=True)
+                          f"{c['probed']} of {c['of']} test examples could be probed at the label ({why})",
+                          soft_wrap=True)
     if not path.exists():
         return []
     from interp.report import plot_report, render_report
@@ -174,10 +231,13 @@ def print_lens(run_dir: Path, console: Console, png: bool = True) -> list[Path]:
     df = pl.read_parquet(path)
     if not len(df):
         return []
+    _print_contexts(df, covs, console)
     # One heatmap row per condition (× student when there are several); seeds are pooled.
     label = pl.col("condition")
     if df["student"].n_unique() > 1 or df["data"].n_unique() > 1:
         label = pl.concat_str([pl.col("condition"), pl.col("student"), pl.col("data")], separator=" · ")
+    if "context" in df.columns:  # a teacher-forced gold rationale is named where the numbers are
+        label = label + pl.col("context").replace_strict(CONTEXT_TAGS, default="")
     df = df.with_columns(label.alias("condition"), pl.concat_str([pl.col("seed"), pl.col("ex_id")],
                                                                  separator=":").alias("example"))
     render_report(df, console=console)
@@ -208,71 +268,34 @@ def print_ig(run_dir: Path, console: Console) -> None:
                       "attributions do not add up to the change in log-prob (see docs/attribution.md).")
 
 
-def figures(run_dir: Path) -> list[Path]:
-    """Accuracy per condition, and accuracy against the swept parameter for each sweep."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = pl.read_parquet(run_dir / "summary.parquet").filter(pl.col("acc").is_not_null())
-    summary = summary.with_columns(pl.col("acc_std").fill_null(float("nan")))  # one seed: no error bar
-    out_dir = run_dir / "figures"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    if not len(summary):
-        return written
-    fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(summary)), 3.2))
-    labels = [f"{r['condition']}\n{r['student']}" for r in summary.iter_rows(named=True)]
-    ax.bar(range(len(summary)), 100 * summary["acc"].to_numpy(), yerr=100 * summary["acc_std"].to_numpy(),
-           color="#4c72b0", capsize=3)
-    ax.set_xticks(range(len(summary)), labels, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(run_dir.name)
-    fig.tight_layout()
-    written.append(out_dir / "accuracy.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
-    for fam, g in summary.group_by("family"):
-        params = [json.loads(p) for p in g["params"]]
-        if len(g) < 2 or not params[0] or len(params[0]) != 1:
-            continue
-        (pname,) = params[0]
-        fig, ax = plt.subplots(figsize=(4, 3))
-        for (stu,), gs in g.group_by("student"):
-            xs = [json.loads(p)[pname] for p in gs["params"]]
-            order = sorted(range(len(xs)), key=xs.__getitem__)
-            ax.errorbar([xs[i] for i in order], [100 * gs["acc"][i] for i in order],
-                        yerr=[100 * gs["acc_std"][i] for i in order], marker="o", capsize=3, label=stu)
-        ax.set_xlabel(pname)
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"{fam[0]}: accuracy vs {pname}")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(out_dir / f"sweep_{fam[0]}.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
-    return written
-
-
 # ---- the run folder's header ------------------------------------------------------------------
 def environment() -> dict:
-    """Versions and device, saved beside the results."""
+    """Versions and device, saved beside the results. Read from package metadata, not by import:
+    a fully cached run must not pay for torch."""
+    import os
     import platform
+    import shutil
+    import subprocess
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
 
-    import torch
-
-    from importlib.metadata import version
-
-    vers = {}
-    for mod in ("transformers", "datasets", "transformer_lens", "tuned_lens", "captum", "lark", "polars"):
+    def ver(dist: str) -> str | None:
         try:
-            vers[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - a missing optional library is just not reported
-            vers[mod] = None
-    return {"cotdsl": version("cotdsl"), "python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, **vers}
+            return version(dist)
+        except PackageNotFoundError:
+            return None
+
+    vers = {m: ver(d) for m, d in (("torch", "torch"), ("transformers", "transformers"), ("datasets", "datasets"),
+                                   ("transformer_lens", "transformer-lens"), ("tuned_lens", "tuned-lens"),
+                                   ("captum", "captum"), ("lark", "lark"), ("polars", "polars"))}
+    torch = sys.modules.get("torch")  # already loaded when a job ran in this process
+    threads = torch.get_num_threads() if torch is not None else os.cpu_count()
+    cuda = None
+    if shutil.which("nvidia-smi"):
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.splitlines()
+        cuda = out[0].split(":", 1)[1].split("(")[0].strip() if out and ":" in out[0] else None
+    return {"cotdsl": ver("cotdsl"), "python": platform.python_version(), "platform": platform.platform(),
+            "cpu_threads": threads, "cuda": cuda, **vers}
 
 
 def save_run_header(plan: Plan, run_dir: Path, spec_text: str) -> None:

@@ -21,16 +21,12 @@ EXIT_OK, EXIT_USER, EXIT_JOBS = 0, 1, 2
 
 
 def quiet_libraries() -> None:
-    """Our progress bars replace transformers' per-file ones; keep warnings that matter."""
+    """Our progress bars replace the hub's and transformers' per-file ones. Environment only:
+    importing transformers here would cost a fully cached run a second (the job runner mutes
+    transformers' logger in the process that actually loads a model)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
-        transformers.utils.logging.set_verbosity_error()
-    except Exception:  # noqa: BLE001 - cosmetics only
-        pass
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 EXIT_INTERRUPTED = 130
@@ -110,7 +106,8 @@ def run(path: Path, *, out: Path = Path("runs"), cache: Path | None = None, limi
     from . import load
     from .executors import ExecutorCfg, execute
     from .plan import make_plan
-    from .report import collect, figures, print_ig, print_lens, print_summary, save_run_header
+    from .figures import figures
+    from .report import collect, print_ig, print_lens, print_summary, save_run_header
 
     console = console or Console()
     exp = load(path)
@@ -217,7 +214,8 @@ def status(run_dir: Path, *, cache: Path | None = None, console: Console | None 
 
 
 def report(run_dir: Path, *, console: Console | None = None, png: bool = True) -> int:
-    from .report import figures, print_ig, print_lens, print_summary
+    from .figures import figures
+    from .report import print_ig, print_lens, print_summary
 
     console = console or Console()
     if not (run_dir / "summary.parquet").exists():

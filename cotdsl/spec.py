@@ -9,17 +9,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
-
-@dataclass(frozen=True)
-class Pos:
-    file: str
-    line: int
-    col: int
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}:{self.col}"
+from cotdsl.errors import Pos
 
 
 # ---- target expressions -------------------------------------------------------------------
@@ -42,7 +34,9 @@ class Lit:
 @dataclass(frozen=True)
 class Call:
     """A perturbation/generator call, e.g. shuffle(rationale), mask(rationale, 0.6), unk(20),
-    keytokens(rationale, 5, by: ig). Args are Exprs or constants (float/int/str)."""
+    keytokens(rationale, 5, by: ig). As checked (`cotdsl.lang`; `cotdsl.lang.call` from Python)
+    it is canonical: `args` holds the input expression only (none for a generator such as
+    `unk`), `kwargs` every parameter by name, defaults filled, then `unit`; render trusts that."""
 
     fn: str
     args: tuple[Any, ...] = ()
@@ -52,8 +46,24 @@ class Call:
     def kw(self, name: str, default: Any = None) -> Any:
         return dict(self.kwargs).get(name, default)
 
+    def calls(self) -> Iterator["Call"]:
+        """This call, then the calls nested in its input (`shuffle(mask(rationale, 0.5))`)."""
+        yield self
+        for a in self.args:
+            if isinstance(a, Call):
+                yield from a.calls()
+
 
 Expr = Union[Ref, Lit, Call]
+
+
+def reads(expr: Any, name: str) -> bool:
+    """Whether `expr` reads the example field `name` (`label`, `rationale`) anywhere inside it."""
+    if isinstance(expr, Ref):
+        return expr.name == name
+    if isinstance(expr, Call):
+        return any(reads(a, name) for a in expr.args) or any(reads(v, name) for _, v in expr.kwargs)
+    return False
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,19 @@ class Task:
     segments: tuple[Expr, ...]
     prefix: str = ""
     weight: float = 1.0
+
+    def label_index(self) -> int | None:
+        """Where the first `label` segment stands, or None."""
+        for i, s in enumerate(self.segments):
+            if isinstance(s, Ref) and s.name == "label":
+                return i
+        return None
+
+    def rationale_before_label(self) -> bool:
+        """Whether something that needs the rationale precedes the label: then the label cannot be
+        ranked at test time and evaluation generates. False when there is no label."""
+        li = self.label_index()
+        return li is not None and any(reads(s, "rationale") for s in self.segments[:li])
 
 
 @dataclass(frozen=True)
@@ -79,6 +102,23 @@ class Condition:
     tasks: tuple[Task, ...]
     eval_by: str
     pos: Pos | None = field(default=None, compare=False)
+
+    def calls(self) -> Iterator[Call]:
+        """Every perturbation call of every task, nested ones included."""
+        return (c for t in self.tasks for s in t.segments if isinstance(s, Call) for c in s.calls())
+
+    def ig_calls(self) -> Iterator[Call]:
+        """The `keytokens(..., by: ig)` calls: the condition needs an Integrated Gradients ranking."""
+        return (c for c in self.calls() if c.fn == "keytokens" and c.kw("by", "ig") == "ig")
+
+    def scorer(self) -> str | None:
+        """The model its IG key tokens are scored with: "student", "teacher" or a condition name;
+        None when it needs no IG ranking."""
+        return next((c.kw("scorer", "student") or "student" for c in self.ig_calls()), None)
+
+    def is_baseline(self) -> bool:
+        """The no-rationale condition (`target none = label`) that deltas are measured against."""
+        return len(self.tasks) == 1 and self.tasks[0].segments == (Ref("label"),)
 
 
 # ---- declarations ---------------------------------------------------------------------------
@@ -144,6 +184,10 @@ class ProbeCfg:
     at: str = "label"
     examples: int = 64  # test examples probed per job
     tuned_steps: int = 100  # ~5 s a step on SmolLM2 with 2 CPU cores (128 tokens x 30 layers x 49k vocab)
+    # what a rationale-first student reads before the label: its own generated rationale (the eval
+    # job's), the gold one teacher-forced, or nothing (right after the prompt, every target)
+    context: str = "generated"  # generated | gold | none
+    score: str = "label"  # label: whole label, teacher-forced | first_token: its first token only
 
 
 @dataclass(frozen=True)
@@ -160,7 +204,7 @@ class Experiment:
     probe: ProbeCfg | None = None
     plugins: tuple[str, ...] = ()
     # per plugin: the folder it was imported from when it sits next to its spec ("" = found on
-    # sys.path); a worker process imports it again with `check.import_plugins(exp)`
+    # sys.path); a worker process imports it again with `perturb.import_plugins(exp)`
     plugin_paths: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # check-time remarks shown by `cotdsl check` (e.g. placeholder rankings)
 

@@ -17,7 +17,8 @@ import importlib
 
 _EXPORTS = {
     "LensResult": "interp.lens", "logit_lens": "interp.lens", "logit_lens_tl": "interp.lens",
-    "prepare_inputs": "interp.lens",
+    "prepare_inputs": "interp.lens", "label_lens": "interp.lens", "label_inputs": "interp.lens",
+    "tuned_label_lens": "interp.tuned",
     "tl_accumulated_logits": "interp.lens",
     "build_bridge": "interp.bridge", "hidden_states": "interp.bridge",
     "train_tuned_lens": "interp.tuned", "tuned_lens": "interp.tuned", "lens_kl": "interp.tuned",

@@ -62,16 +62,18 @@ def summarize(result, gold=None) -> dict:
     Returns {"n", "mean_p_gold" (full vocab, [L+1] list; None for a bare tensor),
     "mean_choice_p_gold" ([L+1] list), "mean_rank_gold" (or None), "commit_layers" (list, -1 =
     never), "commit_mean", "commit_median" (over committed examples; None if none),
-    "share_committed"}.
+    "share_committed", "tied" (examples two of whose choices are scored on identical ids, e.g.
+    labels sharing a first token under a first-token readout; None when unknown)}.
     """
     choice_probs, gold = _unpack(result, gold)
     idx = gold.view(-1, 1, 1).expand(-1, choice_probs.shape[1], 1)
     out = {"n": int(choice_probs.shape[0]),
            "mean_choice_p_gold": choice_probs.gather(2, idx).squeeze(2).float().mean(0).tolist(),
-           "mean_p_gold": None, "mean_rank_gold": None}
+           "mean_p_gold": None, "mean_rank_gold": None, "tied": None}
     if isinstance(result, LensResult):
         out["mean_p_gold"] = result.probs.gather(2, idx).squeeze(2).float().mean(0).tolist()
         out["mean_rank_gold"] = result.ranks.gather(2, idx).squeeze(2).float().mean(0).tolist()
+        out["tied"] = int(result.tied.sum()) if result.tied is not None else None
     layers = commit_layers(choice_probs, gold).tolist()
     done = [x for x in layers if x >= 0]
     out.update(commit_layers=layers,

@@ -2,8 +2,8 @@
 
 Input: `{condition: LensResult}`, `{lens: {condition: LensResult}}`, or the long polars frame
 `to_frame` makes (columns lens, condition, example, layer, p_gold, choice_p_gold, rank_gold,
-commit_layer; one row per example x lens row). Layer 0 is the embeddings, layer i the output of
-block i-1.
+commit_layer, tied; one row per example x lens row; `tied` is optional). Layer 0 is the
+embeddings, layer i the output of block i-1.
 """
 from __future__ import annotations
 
@@ -33,12 +33,13 @@ def to_frame(results) -> pl.DataFrame:
         else:
             raise ValueError(f"report input {key!r} is neither a LensResult nor a dict of them")
     cols = {k: [] for k in ("lens", "condition", "example", "layer", "p_gold", "choice_p_gold",
-                            "rank_gold", "commit_layer")}
+                            "rank_gold", "commit_layer", "tied")}
     for lens, conds in nested.items():
         for cond, res in conds.items():
             p, cp, rk = res.gold_probs(), res.gold_probs(renormalised=True), res.gold_ranks()
             commit = commit_layers(res).tolist()
             B, rows = p.shape
+            tied = res.tied.tolist() if res.tied is not None else [False] * B
             for b in range(B):
                 for layer in range(rows):
                     cols["lens"].append(lens)
@@ -49,6 +50,7 @@ def to_frame(results) -> pl.DataFrame:
                     cols["choice_p_gold"].append(float(cp[b, layer]))
                     cols["rank_gold"].append(int(rk[b, layer]))
                     cols["commit_layer"].append(int(commit[b]))
+                    cols["tied"].append(bool(tied[b]))
     return pl.DataFrame(cols)
 
 
@@ -133,6 +135,12 @@ def render_report(data, console=None, prob: str = "p_gold"):
             ct.add_row(Text(str(r["condition"])), str(r["n"]), fmt(r["commit_mean"]),
                        fmt(r["commit_median"]), f"{100 * r['share_committed']:.0f}%")
         console.print(ct)
+        if "tied" in frame.columns:
+            per_ex = frame.filter(pl.col("lens") == lens).unique(["condition", "example"])
+            if n := int(per_ex["tied"].sum()):
+                console.print(Text(f"{n} of {len(per_ex)} examples score two choices on identical tokens (a "
+                                   "first-token readout of labels sharing a first token): they tie at every "
+                                   "layer and never commit", style="yellow"))
     return console
 
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from interp import bridge as _bridge
-from interp.lens import LensResult, check_inputs, gather_positions, readout
+from interp.lens import LensResult, check_inputs, gather_positions, label_lens, readout
 
 WEIGHTS = "tuned_lens.safetensors"
 CONFIG = "tuned_lens.json"
@@ -175,6 +175,13 @@ def tuned_lens(model, input_ids, attention_mask, positions, target_ids, gold=0, 
         rows = [lens(h[i], i) for i in range(L)]
         rows.append(_bridge.unembed(model, h[L], normed=True))  # HF's last state is normed
     return readout(torch.stack(rows), tgt, gold, "tuned")
+
+
+def tuned_label_lens(model, contexts, choices, gold=0, *, lens, batch: int = 16) -> LensResult:
+    """Whole-label tuned lens: `label_lens`'s signature/output (see interp.lens) with the trained
+    `lens`: each label position's rows 0..L-1 decoded through the translators, summed over the
+    label's tokens; row L is the model's own output (= rank evaluation's choice scores)."""
+    return label_lens(model, contexts, choices, gold, lens=lens, batch=batch)
 
 
 def save_tuned_lens(lens, directory, meta: dict | None = None) -> Path:

@@ -9,7 +9,7 @@ from cotdsl.data.adapters import ADAPTERS, convert, resolve
 from cotdsl.errors import CotError
 from cotdsl.spec import Source
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "fixtures"
 
 
 def rows(name, split="train"):

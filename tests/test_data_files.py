@@ -112,7 +112,7 @@ def test_mapping_errors(tmp_path):
     assert train[0].label == "a"
 
 
-HUB = __import__("pathlib").Path(__file__).parent / "data"
+HUB = __import__("pathlib").Path(__file__).parent / "fixtures"
 
 
 def test_hub_form_choices_and_dotted_paths_need_no_reshaping(tmp_path):

@@ -16,7 +16,7 @@ from cotdsl.data import load_source
 from cotdsl.errors import CotError
 from cotdsl.run import EXIT_OK, run
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent / "fixtures"
 FIXTURES = ("csqa.jsonl", "obqa_main.jsonl", "obqa_additional.jsonl", "quarel.jsonl")
 
 SPEC = """

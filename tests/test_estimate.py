@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cotdsl import estimate as E
-from cotdsl.check import check_source, load
+from cotdsl.lang.check import check_source, load
 from cotdsl.cli import app
 from cotdsl.errors import CotError
 from cotdsl.jobs.types import student_params

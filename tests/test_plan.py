@@ -1,6 +1,6 @@
 from dataclasses import replace
 
-from cotdsl.plan import is_baseline, make_plan
+from cotdsl.plan import make_plan
 from cotdsl.spec import (Call, Condition, Experiment, ProbeCfg, Ref, Source, Student, Task, Teacher,
                          TrainCfg)
 
@@ -67,8 +67,8 @@ def test_only_and_limit():
 
 def test_baseline_detection():
     e = experiment()
-    assert [is_baseline(c) for c in e.conditions] == [True, False, False]
-    assert not is_baseline(replace(e.conditions[0], tasks=(Task((Ref("label"),)), Task((Ref("rationale"),)))))
+    assert [c.is_baseline() for c in e.conditions] == [True, False, False]
+    assert not replace(e.conditions[0], tasks=(Task((Ref("label"),)), Task((Ref("rationale"),)))).is_baseline()
 
 
 def test_ig_scorer_can_be_another_conditions_trained_student():

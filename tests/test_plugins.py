@@ -9,9 +9,10 @@ import pytest
 
 from cotdsl import perturb
 from cotdsl.errors import CotError
+from cotdsl.lang import call
 from cotdsl.render import render
 from cotdsl.schema import Example, format_prompt
-from cotdsl.spec import Call, Condition, Ref, Task
+from cotdsl.spec import Condition, Ref, Task
 from cotdsl.tiny import train_tokenizer
 
 EX = Example("p1", "Why is ice slippery?", ("water film", "magnets"), 0,
@@ -73,12 +74,12 @@ def test_named_plugin_registers_and_renders(plugin_dir, tok):
     assert p.params[0].name == "frac" and (p.params[0].lo, p.params[0].hi) == (0.0, 1.0)
     assert p.doc.startswith("Keep the first")
     words = EX.rationale.split()  # 12 words
-    (r,) = render(EX, cond(Ref("label"), Call(name, (Ref("rationale"),))), tok, seed=0)
+    (r,) = render(EX, cond(Ref("label"), call(name, Ref("rationale"))), tok, seed=0)
     assert r.text == format_prompt(EX) + " water film\n" + " ".join(words[:6])
-    (r,) = render(EX, cond(Ref("label"), Call(name, (Ref("rationale"),), (("frac", 0.25),))), tok, seed=0)
+    (r,) = render(EX, cond(Ref("label"), call(name, Ref("rationale"), frac=0.25)), tok, seed=0)
     assert r.text.endswith("\n" + " ".join(words[:3]))
-    with pytest.raises(ValueError, match="outside"):
-        render(EX, cond(Ref("label"), Call(name, (Ref("rationale"), 1.5))), tok, seed=0)
+    with pytest.raises(CotError, match="`frac` is a ratio and must be between 0 and 1, got 1.5"):
+        call(name, Ref("rationale"), 1.5)  # the plugin's declared range, checked as in a spec
     # loading again is harmless (already imported)
     assert perturb.load_plugins([mod], entry_points=False) == []
 
@@ -109,7 +110,7 @@ def test_entry_point_group_loads_modules_and_objects(plugin_dir, monkeypatch, to
                                      importlib.metadata.EntryPoint("eo", f"{mod}:EVERY_OTHER", g)])
     added = perturb.load_plugins([])
     assert set(added) == {name, f"{name}_eo"}
-    (r,) = render(EX, cond(Ref("label"), Call(f"{name}_eo", (Ref("rationale"),))), tok, seed=0)
+    (r,) = render(EX, cond(Ref("label"), call(f"{name}_eo", Ref("rationale"))), tok, seed=0)
     assert r.text.endswith("\n" + " ".join(EX.rationale.split()[::2]))
 
 
@@ -121,7 +122,7 @@ def test_broken_entry_point_is_a_cot_error(plugin_dir, monkeypatch):
 
 
 def test_plugin_used_in_a_checked_spec(plugin_dir):
-    check = pytest.importorskip("cotdsl.check")
+    check = pytest.importorskip("cotdsl.lang.check")
     mod, name = write_plugin(plugin_dir)
     src = f'''
     plugin "{mod}"
@@ -156,7 +157,8 @@ def isolated():
 
 
 def test_plugin_next_to_the_spec_is_found_recorded_and_reimportable(tmp_path, isolated):
-    from cotdsl.check import import_plugins, load
+    from cotdsl.lang import load
+    from cotdsl.perturb import import_plugins
 
     specs = tmp_path / "specs"
     (specs / "lib").mkdir(parents=True)

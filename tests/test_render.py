@@ -3,6 +3,7 @@ import random
 
 import pytest
 
+from cotdsl.lang import call
 from cotdsl.perturb import count_of
 from cotdsl.render import (EvalContext, Rendered, eval_context, generation_prompt_ids, parse_answer,
                            render, stable_seed)
@@ -58,8 +59,8 @@ def test_rationale_then_label_and_label_only(tok):
     assert r.input_ids == ids(tok, format_prompt(EX)) + ids(tok, " on the mat") + [tok.eos_token_id]
 
 
-@pytest.mark.parametrize("segs", [(L,), (L, R), (R, L), (Call("unk", (4,)), L),
-                                  (L, Call("mask", (R, 0.5))), (R, Lit(" So the answer is: "), L)])
+@pytest.mark.parametrize("segs", [(L,), (L, R), (R, L), (call("unk", 4), L),
+                                  (L, call("mask", R, 0.5)), (R, Lit(" So the answer is: "), L)])
 def test_loss_mask_covers_exactly_the_target(tok, segs):
     (r,) = render(EX, cond("c", *segs), tok, seed=0)
     assert len(r.loss_mask) == len(r.input_ids)
@@ -74,7 +75,7 @@ def test_loss_mask_covers_exactly_the_target(tok, segs):
 
 
 def test_shuffle_exact_and_seeded(tok):
-    c = cond("shuffled", L, Call("shuffle", (R,)))
+    c = cond("shuffled", L, call("shuffle", R))
     (r,) = render(EX, c, tok, seed=3)
     words = EX.rationale.split()
     random.Random(stable_seed(3, "ex-7", "shuffled", 0, "1")).shuffle(words)
@@ -82,12 +83,12 @@ def test_shuffle_exact_and_seeded(tok):
     assert render(EX, c, tok, seed=3) == [r]
     assert render(EX, c, tok, seed=4)[0].input_ids != r.input_ids
     # the condition name is part of the seed: a differently named condition shuffles differently
-    assert render(EX, cond("shuffled2", L, Call("shuffle", (R,))), tok, seed=3)[0].text != r.text
+    assert render(EX, cond("shuffled2", L, call("shuffle", R)), tok, seed=3)[0].text != r.text
 
 
 @pytest.mark.parametrize("p", [0.0, 0.2, 0.5, 0.8, 1.0])
 def test_mask_ratio_exact_in_ids(tok, p):
-    (r,) = render(EX, cond(f"m{p}", L, Call("mask", (R, p))), tok, seed=0)
+    (r,) = render(EX, cond(f"m{p}", L, call("mask", R, p)), tok, seed=0)
     n = len(EX.rationale.split())
     assert r.input_ids.count(tok.mask_token_id) == count_of(p, n)
     assert r.input_ids[slice(*r.label_span)] == ids(tok, " on the mat")  # label untouched
@@ -99,20 +100,20 @@ def test_mask_ratio_exact_in_ids(tok, p):
 
 
 def test_mask_token_unit_and_explicit_token(tok):
-    c = cond("mt", L, Call("mask", (R, 0.5), (("unit", "token"),)))
+    c = cond("mt", L, call("mask", R, 0.5, unit="token"))
     (r,) = render(EX, c, tok, seed=0)
     n_tok = len(tok.tokenize(EX.rationale))
     assert r.input_ids.count(tok.mask_token_id) == count_of(0.5, n_tok)
-    (r,) = render(EX, cond("mx", L, Call("mask", (R, 1.0), (("token", "<unk>"),))), tok, seed=0)
+    (r,) = render(EX, cond("mx", L, call("mask", R, 1.0, token="<unk>")), tok, seed=0)
     assert target(r) == " on the mat\n" + "<unk>" * len(EX.rationale.split())  # special: no spaces
     assert tok.mask_token_id not in r.input_ids
-    (r,) = render(EX, cond("my", L, Call("mask", (R, 1.0), (("token", "___"),))), tok, seed=0)
+    (r,) = render(EX, cond("my", L, call("mask", R, 1.0, token="___")), tok, seed=0)
     assert target(r) == " on the mat\n" + " ".join(["___"] * len(EX.rationale.split()))
 
 
 @pytest.mark.parametrize("n", [0, 1, 5, 20])
 def test_unk_count_exact(tok, n):
-    (r,) = render(EX, cond(f"unk{n}", Call("unk", (n,)), L), tok, seed=0)
+    (r,) = render(EX, cond(f"unk{n}", call("unk", n), L), tok, seed=0)
     assert r.input_ids.count(tok.mask_token_id) == n
     if n == 0:  # the n=0 sweep point is the label-only target
         assert r.input_ids == render(EX, cond("none", L), tok, seed=0)[0].input_ids
@@ -120,20 +121,20 @@ def test_unk_count_exact(tok, n):
         assert target(r) == "<mask>" * n + "\non the mat"
         assert r.spans[1] == ("unk", r.prompt_len, r.prompt_len + n)
         assert [k for k, _, _ in r.spans] == ["prompt", "unk", "sep", "label", "eos"]
-    (w,) = render(EX, cond(f"unkw{n}", Call("unk", (n,), (("unit", "word"),)), L), tok, seed=0)
+    (w,) = render(EX, cond(f"unkw{n}", call("unk", n, unit="word"), L), tok, seed=0)
     assert w.input_ids == r.input_ids  # special fills join without spaces in word units too
 
 
 def test_drop_reverse_truncate_exact(tok):
     w = EX.rationale.split()
-    (r,) = render(EX, cond("rev", L, Call("reverse", (R,))), tok, seed=0)
+    (r,) = render(EX, cond("rev", L, call("reverse", R)), tok, seed=0)
     assert target(r) == " on the mat\n" + " ".join(w[::-1])
-    (r,) = render(EX, cond("tr", L, Call("truncate", (R, 4))), tok, seed=0)
+    (r,) = render(EX, cond("tr", L, call("truncate", R, 4)), tok, seed=0)
     assert target(r) == " on the mat\n" + " ".join(w[:4])
-    (r,) = render(EX, cond("dr", L, Call("drop", (R,), (("p", 0.25),))), tok, seed=0)
+    (r,) = render(EX, cond("dr", L, call("drop", R, p=0.25)), tok, seed=0)
     assert len(target(r).split("\n")[1].split()) == len(w) - count_of(0.25, len(w))
     # nesting: shuffle(truncate(rationale, 4)) permutes exactly the first four words
-    (r,) = render(EX, cond("nest", L, Call("shuffle", (Call("truncate", (R, 4)),))), tok, seed=0)
+    (r,) = render(EX, cond("nest", L, call("shuffle", call("truncate", R, 4))), tok, seed=0)
     assert sorted(target(r).split("\n")[1].split()) == sorted(w[:4])
 
 
@@ -142,7 +143,7 @@ def test_keytokens_rankings(tok):
     scores = [0.0] * len(w)
     for i, s in {3: 0.9, 6: 0.5, 11: 0.7}.items():
         scores[i] = s
-    c = cond("keys", L, Call("keytokens", (R, 3)))  # by defaults to ig
+    c = cond("keys", L, call("keytokens", R, 3))  # by defaults to ig
     (r,) = render(EX, c, tok, seed=0, rankings={"ig": {"ex-7": scores}})
     assert target(r) == " on the mat\n" + " ".join([w[3], w[6], w[11]])
     with pytest.raises(ValueError, match="ex-7"):
@@ -151,9 +152,9 @@ def test_keytokens_rankings(tok):
         render(EX, c, tok, seed=0, rankings={"ig": {"other": scores}})
     with pytest.raises(ValueError, match="has 2 scores"):
         render(EX, c, tok, seed=0, rankings={"ig": {"ex-7": [1.0, 2.0]}})
-    (r,) = render(EX, cond("kf", L, Call("keytokens", (R, 2), (("by", "field:highlights"),))), tok, seed=0)
+    (r,) = render(EX, cond("kf", L, call("keytokens", R, 2, by="field:highlights")), tok, seed=0)
     assert target(r) == " on the mat\nmat mat"
-    (r,) = render(EX, cond("kp", L, Call("keytokens", (R, 1), (("by", "placeholder"),))), tok, seed=0)
+    (r,) = render(EX, cond("kp", L, call("keytokens", R, 1, by="placeholder")), tok, seed=0)
     assert target(r) == " on the mat\nbecause"
 
 
@@ -161,24 +162,23 @@ def test_keytokens_token_unit_spreads_word_scores(tok):
     w = EX.rationale.split()
     scores = [1.0 if x == "sleeps" else 0.0 for x in w]
     k = len(tok.tokenize(" sleeps"))
-    c = cond("kt", L, Call("keytokens", (R, k), (("unit", "token"),)))
+    c = cond("kt", L, call("keytokens", R, k, unit="token"))
     (r,) = render(EX, c, tok, seed=0, rankings={"ig": {"ex-7": scores}})
     assert target(r) == " on the mat\nsleeps"
 
 
 def test_label_is_never_perturbed(tok):
+    # hand-built calls, as the checker would never give them
     for segs in [(Call("shuffle", (L,)),), (R, Call("mask", (Call("reverse", (L,)), 0.5)))]:
         with pytest.raises(ValueError, match="label"):
             render(EX, cond("bad", *segs), tok, seed=0)
 
 
-def test_bad_calls_are_value_errors(tok):
-    for call, msg in [(Call("nope", (R,)), "unknown perturbation"), (Call("mask", (R, 1.5)), "outside"),
-                      (Call("mask", (R,)), "missing parameter 'p'"), (Call("unk", (-1,)), "outside"),
-                      (Call("mask", (R, 0.5), (("q", 1),)), "no parameter 'q'"),
-                      (Call("truncate", (R, 2.5)), "must be int")]:
-        with pytest.raises(ValueError, match=msg):
-            render(EX, cond("c", L, call), tok, seed=0)
+def test_unknown_perturbation_and_missing_rationale_are_value_errors(tok):
+    # render trusts a checked call's arguments; bad ones are refused when the call is built
+    # (`cotdsl.lang.call`, tests/lang/test_targets.py) or checked
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        render(EX, cond("c", L, Call("nope", (R,))), tok, seed=0)
     with pytest.raises(ValueError, match="no rationale"):
         render(EX.with_rationale(None), cond("c", L, R), tok, seed=0)
 
@@ -206,7 +206,7 @@ def test_multitask_one_sequence_per_task(tok):
 
 
 def test_max_len_shortens_only_the_rationale(tok):
-    c = cond("after", L, Call("shuffle", (R,)))
+    c = cond("after", L, call("shuffle", R))
     (full,) = render(EX, c, tok, seed=0)
     (r,) = render(EX, c, tok, seed=0, max_len=len(full.input_ids) - 5)
     assert len(r.input_ids) <= len(full.input_ids) - 5
@@ -219,8 +219,8 @@ def test_max_len_shortens_only_the_rationale(tok):
         render(EX, c, tok, seed=0, max_len=full.prompt_len)
 
 
-@pytest.mark.parametrize("segs", [(L,), (L, R), (Call("unk", (3,)), L), (Lit("The answer is "), L, Lit(". "), R),
-                                  (L, Call("mask", (R, 0.4)))])
+@pytest.mark.parametrize("segs", [(L,), (L, R), (call("unk", 3), L), (Lit("The answer is "), L, Lit(". "), R),
+                                  (L, call("mask", R, 0.4))])
 def test_eval_context_matches_training_ids(tok, segs):
     c = cond("c", *segs)
     for ex in (EX, EX2):
@@ -234,7 +234,7 @@ def test_eval_context_matches_training_ids(tok, segs):
 
 
 def test_eval_context_none_after_rationale(tok):
-    for segs in [(R, L), (Call("shuffle", (R,)), L), (R, Lit(" So the answer is: "), L), (R,)]:
+    for segs in [(R, L), (call("shuffle", R), L), (R, Lit(" So the answer is: "), L), (R,)]:
         assert eval_context(EX, cond("c", *segs), tok, seed=0) is None
 
 
@@ -252,9 +252,9 @@ def test_parse_answer():
     assert parse_answer(" rambling without end", EX, before) is None
     lead = cond("l", Lit("The answer is "), L, Lit(". "), R)
     assert parse_answer(" The answer is in the box. Boxes are warm.", EX, lead) == 1
-    unk = cond("u", Call("unk", (3,)), L)
+    unk = cond("u", call("unk", 3), L)
     assert parse_answer("<unk><unk><unk>\nunder the bed", EX, unk) == 2
-    assert parse_answer("under the bed", EX, cond("u0", Call("unk", (0,)), L)) == 2  # unk(0) renders nothing
+    assert parse_answer("under the bed", EX, cond("u0", call("unk", 0), L)) == 2  # unk(0) renders nothing
     assert parse_answer("<unk><unk><unk>\nunder the bed\nin the box", EX, unk) == 2
 
 
@@ -267,7 +267,7 @@ def test_parse_answer_roundtrips_rendered_targets(tok):
 
 
 def test_render_is_deterministic_across_examples_and_calls(tok):
-    c = cond("m", L, Call("mask", (R, 0.5)))
+    c = cond("m", L, call("mask", R, 0.5))
     a = [render(e, c, tok, seed=5) for e in (EX, EX2)]
     b = [render(e, c, tok, seed=5) for e in (EX2, EX)][::-1]
     assert a == b
@@ -283,13 +283,13 @@ def test_smollm2_tokenizer_falls_back_to_unk():
     snaps = [s for s in snaps if (s / "tokenizer_config.json").exists()]
     sm = AutoTokenizer.from_pretrained(snaps[0]) if snaps else load_smollm2()[1]
     assert sm.mask_token is None and sm.unk_token is not None
-    (r,) = render(EX, cond("m", L, Call("mask", (R, 0.6))), sm, seed=0)
+    (r,) = render(EX, cond("m", L, call("mask", R, 0.6)), sm, seed=0)
     n = len(EX.rationale.split())
     assert r.input_ids.count(sm.unk_token_id) == count_of(0.6, n)
     assert r.input_ids[-1] == sm.eos_token_id and sm.eos_token_id != sm.unk_token_id
-    (r,) = render(EX, cond("u", Call("unk", (20,)), L), sm, seed=0)
+    (r,) = render(EX, cond("u", call("unk", 20), L), sm, seed=0)
     assert r.input_ids.count(sm.unk_token_id) == 20
-    ec = eval_context(EX, cond("u", Call("unk", (20,)), L), sm, seed=0)
+    ec = eval_context(EX, cond("u", call("unk", 20), L), sm, seed=0)
     assert ec.context_ids + ec.choice_ids[0] == r.input_ids[:r.label_span[1]]
     assert sm.decode(ec.choice_ids[0]) == "on the mat"
 
@@ -331,7 +331,7 @@ def _check_all(tok, exp):
 
 
 def test_checked_conditions_render(tok):
-    check = pytest.importorskip("cotdsl.check")
+    check = pytest.importorskip("cotdsl.lang.check")
     exp = check.check_source(CHECKED, "q.cot")
     assert {c.name for c in exp.conditions} >= {"masked[p=0.2]", "unks[n=0]", "lead", "mt"}
     _check_all(tok, exp)
@@ -341,7 +341,7 @@ def test_checked_conditions_render(tok):
 
 
 def test_bundled_specs_render(tok):
-    check = pytest.importorskip("cotdsl.check")
+    check = pytest.importorskip("cotdsl.lang.check")
     from pathlib import Path
 
     specs = sorted((Path(__file__).parent.parent / "specs").glob("*.cot"))

@@ -315,17 +315,19 @@ def test_unknown_names_in_only_are_errors_with_a_suggestion(env):
 
 
 def test_a_rationale_first_target_with_no_test_rationales_reports_zero_probed(env):
+    # probe { context: gold } teacher-forces the test rationale, which real data lacks (the default,
+    # context: generated, probes after the student's own generation: see the tests at the end)
     rows = [json.dumps({"id": f"q{i}", "question": f"what is {i}?", "choices": ["a", "b"], "label": "a",
                         "rationale": "because a" if i < 8 else None}) for i in range(12)]
     (env / "train.jsonl").write_text("\n".join(rows[:8]) + "\n")
     (env / "test.jsonl").write_text("\n".join(rows[8:]) + "\n")
     spec = write_spec(env).read_text().replace('builtin("facts", train: 24, test: 12)',
                                                'file(train: "train.jsonl", test: "test.jsonl")')
-    (env / "tiny.cot").write_text(spec)
+    (env / "tiny.cot").write_text(spec.replace("examples: 6 }", "examples: 6; context: gold }"))
     con = Console(record=True, width=200)
     assert run(env / "tiny.cot", only=["seed=0", "target=before,after"], console=con) == EXIT_OK
     text = con.export_text()
-    assert "before · t · seed 0: 0 of 4 test examples could be probed" in text
+    assert "before · t · seed 0: 0 of 4 test examples could be probed at the label (4 have no gold rationale)" in text
     assert set(pl.read_parquet(env / "runs" / "tiny" / "lens.parquet")["condition"]) == {"after"}
 
 
@@ -423,3 +425,195 @@ def test_limit_test_caps_the_test_set_apart_from_train(env):
     (data,) = [v for v in st.values() if v["stage"] == "data"]
     assert data["info"] == {"train": 8, "test": 5}
     assert len(pl.read_parquet(env / "runs" / "tiny" / "results.parquet")) == 5
+
+
+# ---- probing: whole labels, the student's own generated rationale (issue 10, items 0-1) ---------
+PROBE_TARGETS = """
+experiment p {
+  data    toy  = builtin("facts", train: 8, test: 4)
+  teacher gold = gold
+  student t    = tiny(arch: "llama", layers: 2, d_model: 32, heads: 4)
+  target none   = label
+  target after  = label -> rationale
+  target before = rationale -> "So the answer is: " label
+  target plain  = rationale -> label
+  target nl     = shuffle(rationale) -> "\\nAnswer:\\n" label
+  target unk3   = unk(3) -> label
+  probe { lens: logit }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def probe_setup():
+    from cotdsl import check_source
+    from cotdsl.tiny import train_tokenizer
+
+    exp = check_source(PROBE_TARGETS, "<probe>")
+    conds = {c.name: c for c in exp.conditions}
+    from cotdsl.schema import Example
+
+    ex = Example(id="x1", question="What color is snow?", choices=("white", "white gold", "black"), answer=0,
+                 rationale="snow is white")
+    tok = train_tokenizer(["Question: What color is snow? Choices: white gold black Answer: snow is white "
+                           "So the answer is: my own words falls in winter"] * 4, vocab_size=300)
+    return conds, ex, tok
+
+
+def test_probe_context_generated_is_the_students_own_text_tokenised_as_in_training(probe_setup):
+    """A student that emits exactly what it was trained on (planted: a training rendering with its
+    own rationale) is probed after exactly those tokens, for every rationale-first target shape;
+    each choice's ids are the label's training tokens."""
+    from dataclasses import replace
+
+    from cotdsl.jobs.stages import _probe_batch
+    from cotdsl.render import render
+
+    conds, ex, tok = probe_setup
+    own = replace(ex, rationale="my own words falls in winter")  # not the gold rationale
+    for name in ("before", "plain", "nl"):
+        cond = conds[name]
+        per_choice = [render(replace(own, answer=i), cond, tok, seed=0)[0] for i in range(3)]
+        planted = per_choice[0].text[per_choice[0].text.index("Answer:") + len("Answer:"):]
+        for gold_ex in (ex, replace(ex, rationale=None)):  # real data: no test rationale needed
+            (item,), skipped = _probe_batch([gold_ex], cond, tok, 0, context="generated", generated={"x1": planted})
+            assert item["context"] == "generated" and skipped == {"unparsed": 0, "no rationale": 0}
+            for c, r in enumerate(per_choice):
+                assert item["context_ids"] + item["choice_ids"][c] == r.input_ids[:r.label_span[1]], (name, c)
+            assert item["names_choice"] is False  # "my own words falls in winter" names no choice
+    # unparseable or missing generations are counted, not probed
+    items, skipped = _probe_batch([ex], conds["before"], tok, 0, context="generated", generated={"x1": " no idea"})
+    assert items == [] and skipped["unparsed"] == 1
+    items, skipped = _probe_batch([ex], conds["before"], tok, 0, context="generated", generated={})
+    assert items == [] and skipped["unparsed"] == 1
+
+
+def test_probe_context_gold_and_none_and_label_first(probe_setup):
+    from dataclasses import replace
+
+    from cotdsl.jobs.stages import _probe_batch
+    from cotdsl.render import _ids, eval_context, generation_prompt_ids, render
+
+    conds, ex, tok = probe_setup
+    cond = conds["before"]
+    (item,), _ = _probe_batch([ex], cond, tok, 0, context="gold")
+    g = render(ex, cond, tok, seed=0)[0]
+    assert item["context"] == "gold" and item["context_ids"] == g.input_ids[:g.label_span[0]]
+    assert item["names_choice"] is True  # "snow is white" states the answer: flagged
+    (quiet,), _ = _probe_batch([replace(ex, rationale="it falls in winter")], cond, tok, 0, context="gold")
+    assert quiet["names_choice"] is False
+    items, skipped = _probe_batch([replace(ex, rationale=None)], cond, tok, 0, context="gold")
+    assert items == [] and skipped["no rationale"] == 1
+    for name in ("before", "unk3", "none"):  # none: right after the prompt, whatever the target
+        (item,), _ = _probe_batch([ex], conds[name], tok, 0, context="none")
+        assert item["context"] == "prompt" and item["context_ids"] == generation_prompt_ids(ex, conds[name], tok)
+        assert item["choice_ids"] == [_ids(tok, " " + c) for c in ex.choices]
+    for mode in ("generated", "gold"):  # label first: rank evaluation's context, no rationale involved
+        for name in ("none", "after", "unk3"):
+            (item,), _ = _probe_batch([replace(ex, rationale=None)], conds[name], tok, 0, context=mode, generated={})
+            c = eval_context(ex, conds[name], tok, seed=0)
+            assert item["context"] == "label first"
+            assert (item["context_ids"], item["choice_ids"]) == (c.context_ids, c.choice_ids)
+
+
+def test_lens_frame_scores_whole_labels_and_flags_first_token_ties(probe_setup, monkeypatch):
+    import cotdsl.jobs.evaluate as evaluate
+    from cotdsl.jobs.stages import lens_frame
+    from cotdsl.tiny import sharpen, tiny_model
+
+    conds, ex, tok = probe_setup
+    model = sharpen(tiny_model(tok, layers=2, d_model=32), 1)
+    info = {}
+    whole = lens_frame(model, tok, [ex], conds["none"], 0, ("logit",), score="label", info=info)
+    first = lens_frame(model, tok, [ex], conds["none"], 0, ("logit",), score="first_token")
+    assert set(whole["score"]) == {"label"} and not whole["tied"].any() and info["tied"] == 0
+    assert set(first["score"]) == {"first_token"} and first["tied"].all()  # "white" / "white gold"
+    assert (first["commit_layer"] == -1).all()  # the gold ties with "white gold": it never wins
+    assert info["contexts"] == [{"ex_id": "x1", "probed": True, "context": "label first", "text": "",
+                                 "names_choice": False}]
+    # no eval job's texts (`cotdsl probe --checkpoint`): a rationale-first student generates here
+    monkeypatch.setattr(evaluate, "generate", lambda model, tok, prompts, **kw: [" it is cold\nSo the answer is: white"])
+    info = {}
+    own = lens_frame(model, tok, [ex], conds["before"], 0, ("logit",), info=info)
+    assert set(own["context"]) == {"generated"} and info["contexts"][0]["text"] == " it is cold\nSo the answer is:"
+
+
+def _plant(answer_every_other: bool = True):
+    """A stand-in for greedy generation: "... So the answer is: a" for even prompts, nonsense for odd."""
+    def generate(model, tok, prompts, **kw):
+        return [" i reckon so\nSo the answer is: a" if i % 2 == 0 or not answer_every_other else " no idea"
+                for i in range(len(prompts))]
+    return generate
+
+
+def test_rationale_first_is_probed_after_its_own_generation_on_data_without_test_rationales(env, monkeypatch):
+    """Real-data setting (no gold test rationale): the rationale-first student is probed after the
+    text its evaluation generated (the probe job depends on the eval job); examples whose
+    generation names no choice are counted and reported; label-first rows agree with rank."""
+    import cotdsl.jobs.evaluate as evaluate
+
+    monkeypatch.setattr(evaluate, "generate", _plant())
+    rows = [json.dumps({"id": f"q{i}", "question": f"what is {i}?", "choices": ["a", "b"], "label": "a",
+                        "rationale": "because a" if i < 8 else None}) for i in range(12)]
+    (env / "train.jsonl").write_text("\n".join(rows[:8]) + "\n")
+    (env / "test.jsonl").write_text("\n".join(rows[8:]) + "\n")
+    spec = write_spec(env).read_text().replace('builtin("facts", train: 24, test: 12)',
+                                               'file(train: "train.jsonl", test: "test.jsonl")')
+    (env / "tiny.cot").write_text(spec)
+    con = Console(record=True, width=250)
+    assert run(env / "tiny.cot", only=["seed=0"], console=con) == EXIT_OK
+    text = con.export_text()
+    assert "before · t · seed 0: 2 of 4 test examples could be probed at the label (2 generated no parseable answer)" \
+        in text
+    assert "before — its own generated rationale" in text
+    rd = env / "runs" / "tiny"
+    st = jobs(rd)
+    (probe_id,) = [k for k, v in st.items() if v["stage"] == "probe" and "before" in v["label"]]
+    (eval_id,) = [k for k, v in st.items() if v["stage"] == "eval" and "before" in v["label"]]
+    plan = {j["id"]: j for j in json.loads((rd / "plan.json").read_text())}
+    assert eval_id in plan[probe_id]["deps"]
+    ctx = [json.loads(x) for x in (env / ".cotdsl-cache" / probe_id / "contexts.jsonl").read_text().splitlines()]
+    assert [c["probed"] for c in ctx] == [True, False, True, False]
+    assert {c["text"] for c in ctx if c["probed"]} == {" i reckon so\nSo the answer is:"}
+    assert {c["reason"] for c in ctx if not c["probed"]} == {"unparsed"}
+    cov = {c["condition"]: c for c in json.loads((rd / "probe_coverage.json").read_text())}
+    assert cov["before"]["context"] == "generated" and cov["before"]["unparsed"] == 2
+    lens = pl.read_parquet(rd / "lens.parquet")
+    assert set(lens.filter(pl.col("condition") == "before")["context"]) == {"generated"}
+    # label first: the last lens row is the rank evaluation (gold wins there <=> eval got it right)
+    res = pl.read_parquet(rd / "results.parquet")
+    last = lens.filter(pl.col("layer") == pl.col("layer").max()).select("condition", "ex_id", "commit_layer")
+    both = last.join(res.select("condition", "ex_id", "correct"), on=["condition", "ex_id"])
+    both = both.filter(pl.col("condition").is_in(["none", "after"]))
+    assert len(both) == 8 and ((both["commit_layer"] >= 0) == both["correct"]).all()
+
+
+def test_probe_context_gold_is_labelled_and_its_leaks_flagged(env):
+    spec = write_spec(env).read_text().replace("probe { lens: logit; examples: 6 }",
+                                               "probe { lens: logit; examples: 6; context: gold }")
+    (env / "tiny.cot").write_text(spec)
+    con = Console(record=True, width=250)
+    assert run(env / "tiny.cot", only=["seed=0", "target=before,none"], console=con) == EXIT_OK
+    text = con.export_text()
+    assert "before — the GOLD rationale, teacher-forced" in text and "before [gold rationale]" in text
+    cov = {c["condition"]: c for c in json.loads((env / "runs" / "tiny" / "probe_coverage.json").read_text())}
+    assert cov["before"]["context"] == "gold" and cov["before"]["probed"] == 6
+    k = cov["before"]["names_choice"]
+    assert k > 0 and f"before: {k} of 6 gold contexts contain a choice's text" in text
+    st = jobs(env / "runs" / "tiny")
+    plan = {j["id"]: j for j in json.loads((env / "runs" / "tiny" / "plan.json").read_text())}
+    (probe_id,) = [k for k, v in st.items() if v["stage"] == "probe" and "before" in v["label"]]
+    assert not any(d.startswith("eval/") for d in plan[probe_id]["deps"])  # gold: no wait for the eval job
+
+
+def test_probe_context_and_score_keys_are_checked():
+    from cotdsl import CotError, check_source
+
+    exp = check_source(PROBE_TARGETS, "<probe>")
+    assert (exp.probe.context, exp.probe.score) == ("generated", "label")  # the defaults
+    exp = check_source(PROBE_TARGETS.replace("lens: logit", "lens: logit; context: none; score: first_token"))
+    assert (exp.probe.context, exp.probe.score) == ("none", "first_token")
+    for bad in ("context: teacher", "score: first"):
+        with pytest.raises(CotError) as e:
+            check_source(PROBE_TARGETS.replace("lens: logit", f"lens: logit; {bad}"), "<probe>")
+        assert bad.split(":")[0] in e.value.render()

@@ -1,14 +1,15 @@
 """The tokenizer-debug view: every token visible, kinds coloured, counts right."""
 from rich.console import Console
 
+from cotdsl.lang import call
 from cotdsl.render import render
 from cotdsl.schema import Example, format_prompt
 from cotdsl.show import STYLES, rendered_text, show_rendered, summary_line
-from cotdsl.spec import Call, Condition, Ref, Task
+from cotdsl.spec import Condition, Ref, Task
 from cotdsl.tiny import train_tokenizer
 
 EX = Example("s1", "Where is the cat?", ("on the mat", "in the box"), 0, "The cat sleeps on the mat.")
-COND = Condition("c", "c", (), (Task((Call("unk", (2,)), Ref("label"), Ref("rationale"))),), "rank")
+COND = Condition("c", "c", (), (Task((call("unk", 2), Ref("label"), Ref("rationale"))),), "rank")
 
 
 def setup_module(_):

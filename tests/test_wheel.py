@@ -21,7 +21,7 @@ def test_wheel_ships_grammar_and_cli_works(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(dist), str(ROOT)], check=True, capture_output=True)
     wheel, = dist.glob("cotdsl-*.whl")
-    assert "cotdsl/_grammar/cot.lark" in zipfile.ZipFile(wheel).namelist()
+    assert "cotdsl/lang/cot.lark" in zipfile.ZipFile(wheel).namelist()
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -31,7 +31,7 @@ def test_wheel_ships_grammar_and_cli_works(tmp_path):
     work = tmp_path / "work"
     shutil.copytree(ROOT / "specs", work)
     env = {"PYTHONPATH": sysconfig.get_paths()["purelib"], "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    where = subprocess.run([str(py), "-c", "import cotdsl.parse as p; print(p.__file__); print(len(p.grammar_text()))"],
+    where = subprocess.run([str(py), "-c", "import cotdsl.lang.grammar as g; print(g.__file__); print(len(g.grammar_text()))"],
                            cwd=work, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert where[0].startswith(str(venv)), where  # the installed copy, not the repo
     r = subprocess.run([str(venv / "bin" / "cotdsl"), "check", "quickstart.cot", "placement.cot"],

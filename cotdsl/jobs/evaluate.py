@@ -58,24 +58,33 @@ def _pad(rows: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Ten
 
 @torch.no_grad()
 def _rank_group(model, split, items: Sequence[Any], device) -> list[list[float]]:
-    """Sum log-probs of every choice of every item in one context pass + one choice pass."""
+    """Sum log-probs of every choice of every item in one context pass + one choice pass.
+
+    A choice's last token is only ever predicted, never fed, so the choice pass runs the
+    choice tokens but the last (`choice[:-1]`); when every choice is one token long (the
+    usual case for short labels) the context pass alone scores them all."""
     ctx_ids, ctx_att = _pad([it.context_ids for it in items], device)  # [Q, Lc]
     ctx_len = ctx_att.sum(1)  # [Q]
-    h, cache = _forward(model, split, input_ids=ctx_ids, attention_mask=ctx_att, use_cache=True)
-    last = h[torch.arange(len(items), device=device), ctx_len - 1]  # [Q, D] (or [Q, V])
-    last_logits = split[1](last) if split is not None else last  # [Q, V]
     rep = torch.tensor([q for q, it in enumerate(items) for _ in it.choice_ids], device=device)  # [C]
     choices = [c for it in items for c in it.choice_ids]
-    x_ids, x_att = _pad(choices, device)  # [C, Lx]
-    cache.reorder_cache(rep)  # index-expand the context's keys/values to one row per choice
-    pos = ctx_len[rep][:, None] + torch.arange(x_ids.shape[1], device=device)[None]  # [C, Lx]
-    hx, _ = _forward(model, split, input_ids=x_ids, attention_mask=torch.cat([ctx_att[rep], x_att], 1),
-                     position_ids=pos, cache=cache, use_cache=True)
-    x_logits = split[1](hx) if split is not None else hx  # [C, Lx, V]
-    # token k of a choice is predicted by the position before it: the context's last for k = 0
-    pred = torch.cat([last_logits[rep][:, None], x_logits[:, :-1]], 1).float()  # [C, Lx, V]
-    lp = torch.log_softmax(pred, -1).gather(-1, x_ids[..., None])[..., 0]  # [C, Lx]
-    sums = (lp * x_att).sum(1).tolist()
+    feed = [c[:-1] for c in choices]
+    need_x = any(feed)
+    h, cache = _forward(model, split, input_ids=ctx_ids, attention_mask=ctx_att, use_cache=need_x)
+    last = h[torch.arange(len(items), device=device), ctx_len - 1]  # [Q, D] (or [Q, V])
+    last_logits = split[1](last) if split is not None else last  # [Q, V]
+    tgt, tgt_att = _pad(choices, device)  # [C, Lx]
+    pred = last_logits[rep][:, None]  # [C, 1, V]: token k of a choice is predicted by the position before it
+    if need_x:
+        x_ids, x_att = _pad([f or [0] for f in feed], device)  # [C, Lx - 1]; a one-token choice feeds a dummy
+        x_att = x_att * torch.tensor([len(f) > 0 for f in feed], device=device, dtype=x_att.dtype)[:, None]
+        cache.reorder_cache(rep)  # index-expand the context's keys/values to one row per choice
+        pos = ctx_len[rep][:, None] + torch.arange(x_ids.shape[1], device=device)[None]  # [C, Lx - 1]
+        hx, _ = _forward(model, split, input_ids=x_ids, attention_mask=torch.cat([ctx_att[rep], x_att], 1),
+                         position_ids=pos, cache=cache, use_cache=True)
+        x_logits = split[1](hx) if split is not None else hx  # [C, Lx - 1, V]
+        pred = torch.cat([pred, x_logits], 1)  # [C, Lx, V]
+    lp = torch.log_softmax(pred.float(), -1).gather(-1, tgt[..., None])[..., 0]  # [C, Lx]
+    sums = (lp * tgt_att).sum(1).tolist()
     out, k = [], 0
     for it in items:
         out.append(sums[k:k + len(it.choice_ids)])
@@ -191,34 +200,3 @@ def summarize(rows: Sequence[dict]) -> dict:
         out["unparseable_rate"] = out["unparseable"] / n
     return out
 
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; 0.0 for a single value) over seeds."""
-    v = np.asarray(values, dtype=float)
-    if v.size == 0:
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
-
-
-def paired_bootstrap(a_correct: Sequence[float], b_correct: Sequence[float], *, n: int = 10000,
-                     seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
-    """Δ = mean(a) − mean(b) with a percentile bootstrap CI, resampling examples (pairs) jointly.
-
-    a/b are per-example correctness (bool or 0/1, or per-example scores averaged over seeds) for
-    the same examples in the same order. Returns (delta, lo, hi)."""
-    a = np.asarray(a_correct, dtype=float)
-    b = np.asarray(b_correct, dtype=float)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError(f"paired bootstrap needs two equally long 1-D sequences, got {a.shape} and {b.shape}")
-    if a.size == 0:
-        raise ValueError("paired bootstrap needs at least one example")
-    d = a - b
-    rng = np.random.default_rng(seed)
-    boots = np.empty(n)
-    chunk = max(1, 2_000_000 // d.size)  # bound memory: at most ~2M indices at once
-    for s in range(0, n, chunk):
-        k = min(chunk, n - s)
-        boots[s:s + k] = d[rng.integers(0, d.size, size=(k, d.size))].mean(1)
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(boots, [alpha, 1 - alpha])
-    return float(d.mean()), float(lo), float(hi)

@@ -49,6 +49,7 @@ def run_job(job, store: Store | str | Path, progress: Progress | None = None,
     from ..errors import CotError
     from .stages import RUNNERS
 
+    _quiet_transformers()
     store = store if isinstance(store, Store) else Store(Path(store))
     if store.done(job.stage, job.key):
         return Outcome("cached")
@@ -71,3 +72,18 @@ def run_job(job, store: Store | str | Path, progress: Progress | None = None,
             return Outcome("failed", time.perf_counter() - t0, cause=cause_of(exc),
                            user_error=isinstance(exc, CotError), trace=traceback.format_exc())
         return Outcome("ran", time.perf_counter() - t0, info)
+
+
+def _quiet_transformers() -> None:
+    """Keep warnings that matter, drop per-file progress bars (ours replace them), once per process."""
+    import os
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    except Exception:  # noqa: BLE001 - cosmetics only
+        pass

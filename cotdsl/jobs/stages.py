@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from ..cache import Store, atomic_write_json, code_version, stable_hash
+from ..cache import Store, atomic_write_json, stable_hash
 from ..schema import Example, format_prompt
 
 Progress = Callable[[int, int], None]
@@ -52,32 +52,47 @@ def job_dir(store: Store, job_id: str) -> Path:
     return store.path(stage, key)
 
 
+# The modules whose source each stage's output depends on (besides this file, the glue of every
+# stage). Hashed from the files, never imported: a fully cached run must not pay for torch.
+STAGE_MODULES = {
+    "data": ("cotdsl.data.*", "cotdsl.schema"),  # pkg.*: the package and every module in it
+    "sample": ("cotdsl.jobs.teacher", "cotdsl.models", "cotdsl.schema"),
+    "teacher": ("cotdsl.jobs.teacher", "cotdsl.schema"),
+    "rank": ("interp.attribution", "interp.view", "cotdsl.models", "cotdsl.tiny", "cotdsl.schema"),
+    "render": ("cotdsl.render", "cotdsl.perturb", "cotdsl.models", "cotdsl.tiny", "cotdsl.schema"),
+    "train": ("cotdsl.jobs.train", "cotdsl.jobs.distributed", "cotdsl.jobs.device", "cotdsl.models", "cotdsl.tiny"),
+    "eval": ("cotdsl.jobs.evaluate", "cotdsl.jobs.device", "cotdsl.render", "cotdsl.schema"),
+    "probe": ("interp.lens", "interp.tuned", "interp.commit", "cotdsl.render", "cotdsl.schema"),
+}
+
+
 def code_versions() -> dict[str, str]:
-    from .. import data, models, perturb, render
-    from . import distributed, evaluate, teacher, train
-
-    import interp.attribution as attribution
-    import interp.lens as lens
-    import interp.tuned as tuned
-
-    here = code_version(code_versions)  # this file holds every stage's glue: part of each version
-    return {stage: v + here for stage, v in {
-        "data": code_version(data, *_submodules(data)),
-        "sample": code_version(teacher, models),
-        "teacher": code_version(teacher),
-        "rank": code_version(attribution),
-        "render": code_version(render, perturb),
-        "train": code_version(train, distributed, models),
-        "eval": code_version(evaluate, render),
-        "probe": code_version(lens, tuned),
-    }.items()}
+    here = source_version(__name__)
+    return {stage: source_version(*mods) + here for stage, mods in STAGE_MODULES.items()}
 
 
-def _submodules(pkg) -> list:
-    import importlib
+def source_version(*modules: str) -> str:
+    """Hash of the source files of `modules` (dotted names), located without importing them."""
+    import hashlib
+    import importlib.util
+
     import pkgutil
 
-    return [importlib.import_module(f"{pkg.__name__}.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)]
+    names = []
+    for name in modules:
+        if name.endswith(".*"):
+            pkg = importlib.util.find_spec(name[:-2])
+            names += [name[:-2]] + sorted(f"{name[:-2]}.{m.name}" for m in
+                                          pkgutil.iter_modules(pkg.submodule_search_locations))
+        else:
+            names.append(name)
+    h = hashlib.sha256()
+    for name in names:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.origin:
+            raise ModuleNotFoundError(f"stage code {name!r} not found")
+        h.update(name.encode() + b"\0" + Path(spec.origin).read_bytes())
+    return h.hexdigest()[:12]
 
 
 # ---- example files ---------------------------------------------------------------------------
@@ -288,7 +303,8 @@ def run_eval(job, store: Store, out: Path, progress: Progress = _no_progress) ->
         for e, r in zip(test, rank(model, items, batch=cfg.batch, progress=prog)):
             rows.append({"ex_id": e.id, "gold": e.answer, "pred": r["pred"], "correct": r["pred"] == e.answer,
                          "pred_norm": r["pred_norm"], "correct_norm": r["pred_norm"] == e.answer,
-                         "scores": [float(x) for x in r["scores"]], "generated": None, "unparseable": False})
+                         "scores": [float(x) for x in r["scores"]], "generated": None, "unparseable": False,
+                         "n_choices": len(e.choices)})
     else:
         prompts = [generation_prompt_ids(e, cond, tok) for e in test]
         texts = generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, batch=cfg.batch,
@@ -296,38 +312,113 @@ def run_eval(job, store: Store, out: Path, progress: Progress = _no_progress) ->
         for e, t, r in zip(test, texts, score_generated(texts, test, lambda t, e: parse_answer(t, e, cond))):
             rows.append({"ex_id": e.id, "gold": e.answer, "pred": r["pred"], "correct": bool(r["correct"]),
                          "pred_norm": r["pred"], "correct_norm": bool(r["correct"]), "scores": None,
-                         "generated": t, "unparseable": bool(r["unparseable"])})
+                         "generated": t, "unparseable": bool(r["unparseable"]), "n_choices": len(e.choices)})
     df = pl.DataFrame(rows, schema_overrides={"scores": pl.List(pl.Float64), "generated": pl.Utf8,
                                               "pred": pl.Int64, "pred_norm": pl.Int64})
     df.write_parquet(out / "predictions.parquet")
     return {"accuracy": round(df["correct"].mean(), 4), "unparseable": int(df["unparseable"].sum())}
 
 
-def _probe_batch(test, cond, tok, seed):
-    """Input ids up to the label, the position that emits the label's first token, and each
-    choice's first label token there — tokenised exactly as in training."""
+def _label_piece(cond, tok, choice: str, first: bool = False) -> str:
+    """The text of the piece a choice's label is tokenised as in training: the choice plus the
+    spaces a literal before it leaves ("...is:" + " white"); only the target's literals matter,
+    not the rationale's text, so no rationale is needed. `first`: as if the label came right
+    after the prompt (`probe { context: none }`)."""
+    from ..render import _pieces
+    from ..spec import Lit
+
+    task = cond.tasks[0]
+    segs = [] if first else [("literal", s.text if isinstance(s, Lit) else s, True) if isinstance(s, (Lit, str))
+                             else ("rationale", "x", False) for s in task.segments[:task.label_index()]]
+    pieces = _pieces(segs + [("label", choice, False)], frozenset(getattr(tok, "all_special_tokens", ()) or ()))
+    return next(p[1] for p in pieces if p[2])
+
+
+def _answer_cut(text: str, cond, lead: str) -> int | None:
+    """Where the label piece starts in a continuation that `parse_answer` parsed: right after the
+    last occurrence of the literal before the label (its trailing spaces are the label piece's
+    `lead`), else at the start of the last non-empty line."""
+    from ..spec import Lit
+
+    task = cond.tasks[0]
+    li = task.label_index()
+    before = task.segments[li - 1] if li else None
+    if isinstance(before, Lit) and before.text.strip():
+        marker, body = before.text.strip(), before.text.rstrip(" ")
+        j = text.rfind(marker)
+        if j < 0:
+            return None
+        cut, tail = j + len(marker), body[body.rfind(marker) + len(marker):]  # e.g. a newline after it
+        return cut + len(tail) if text.startswith(tail, cut) else cut
+    start, line, off = None, "", 0
+    for ln in text.split("\n"):
+        if ln.strip():
+            start, line = off, ln
+        off += len(ln) + 1
+    if start is None:
+        return None
+    ws = len(line) - len(line.lstrip())
+    return start + ws - len(lead) if ws >= len(lead) and line[:ws].endswith(lead) else start + ws
+
+
+def _names_choice(text: str, choices) -> bool:
+    """Whether `text` contains one of the choices as whole words (case and punctuation ignored)."""
+    from ..render import _norm
+
+    t = f" {_norm(text)} "
+    return any(_norm(c) and f" {_norm(c)} " in t for c in choices)
+
+
+def _probe_batch(test, cond, tok, seed, *, context: str = "generated", generated: dict | None = None):
+    """What precedes the label at test time and each choice's whole label ids, tokenised as in
+    training. -> (items, skipped): items are dicts (ex, context_ids, choice_ids, context, text,
+    names_choice); skipped counts examples that cannot be probed by cause.
+
+    Label-first targets: rank evaluation's context (`eval_context`: the prompt and whatever needs
+    no rationale). Rationale-first targets, by `context`: "generated" — after the student's own
+    generated rationale (`generated[ex_id]`, the eval job's text, cut where its parsed answer
+    starts; an example whose text names no choice is skipped as "unparsed"); "gold" — the gold
+    rationale teacher-forced (skipped as "no rationale" without one); "none" — right after the
+    prompt, for every target."""
     from dataclasses import replace
 
-    from ..render import eval_context, render
+    from ..render import _ids, eval_context, generation_prompt_ids, parse_answer, render
 
-    seqs, positions, targets, kept = [], [], [], []
+    items, skipped = [], {"unparsed": 0, "no rationale": 0}
     for e in test:
-        if cond.eval_by == "rank":  # label first: what precedes it needs no rationale
-            c = eval_context(e, cond, tok, seed=seed)
-            seqs.append(c.context_ids)
-            targets.append([ids[0] for ids in c.choice_ids])
-        else:  # rationale first: teacher-force the rationale, render once per choice
-            if not e.rationale:
+        prompt = generation_prompt_ids(e, cond, tok)
+        c = eval_context(e, cond, tok, seed=seed)
+        item = {"ex": e, "text": "", "names_choice": False}
+        if c is not None and (context != "none" or c.context_ids == prompt):
+            item.update(context_ids=c.context_ids, choice_ids=c.choice_ids,
+                        context="label first" if context != "none" else "prompt")
+        elif context == "none":
+            item.update(context_ids=prompt, context="prompt",
+                        choice_ids=[_ids(tok, _label_piece(cond, tok, ch, first=True)) for ch in e.choices])
+        elif context == "gold":  # teacher-force the gold rationale, render once per choice
+            per_choice = [render(replace(e, answer=i), cond, tok, seed=seed)[0] for i in range(len(e.choices))] \
+                if e.rationale else []
+            if not per_choice or per_choice[e.answer].label_span is None:
+                skipped["no rationale"] += 1
                 continue
-            per_choice = [render(replace(e, answer=i), cond, tok, seed=seed)[0] for i in range(len(e.choices))]
-            gold = per_choice[e.answer]
-            if gold.label_span is None:
+            g = per_choice[e.answer]
+            pieces = [tok.decode(g.input_ids[a:b]) for kind, a, b in g.spans  # each piece alone: "white" "So"
+                      if kind not in ("prompt", "label", "eos") and b <= g.label_span[0]]
+            item.update(context_ids=g.input_ids[:g.label_span[0]], context="gold", text="".join(pieces),
+                        choice_ids=[r.input_ids[r.label_span[0]:r.label_span[1]] for r in per_choice],
+                        names_choice=any(_names_choice(p, e.choices) for p in pieces))
+        else:  # the student's own generation, up to where its answer starts
+            text = (generated or {}).get(e.id)
+            pieces = [_label_piece(cond, tok, ch) for ch in e.choices]
+            lead = pieces[0][:len(pieces[0]) - len(e.choices[0])]
+            cut = _answer_cut(text, cond, lead) if text and parse_answer(text, e, cond) is not None else None
+            if cut is None:
+                skipped["unparsed"] += 1
                 continue
-            seqs.append(gold.input_ids[: gold.label_span[0]])
-            targets.append([r.input_ids[r.label_span[0]] for r in per_choice])
-        positions.append(len(seqs[-1]) - 1)
-        kept.append(e)
-    return seqs, positions, targets, kept
+            item.update(context_ids=prompt + _ids(tok, text[:cut]), choice_ids=[_ids(tok, p) for p in pieces],
+                        context="generated", text=text[:cut], names_choice=_names_choice(text[:cut], e.choices))
+        items.append(item)
+    return items, skipped
 
 
 def run_probe(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
@@ -344,55 +435,90 @@ def run_probe(job, store: Store, out: Path, progress: Progress = _no_progress) -
         return cached_tuned_lens(model, job_dir(store, job.train_job), batches, steps=cfg.tuned_steps,
                                  seed=job.seed)
 
-    df = lens_frame(model, tok, test, job.condition, job.seed, cfg.lenses, tuned=tuned, progress=progress)
+    generated = {}
+    if getattr(job, "eval_job", None):  # the eval job's own generations: probe after them
+        import polars as pl
+
+        pred = pl.read_parquet(job_dir(store, job.eval_job) / "predictions.parquet")
+        generated = {r["ex_id"]: r["generated"] for r in pred.iter_rows(named=True) if r["generated"] is not None}
+    info: dict = {}
+    df = lens_frame(model, tok, test, job.condition, job.seed, cfg.lenses, tuned=tuned, progress=progress,
+                    context=cfg.context, score=cfg.score, generated=generated, info=info)
     df.write_parquet(out / "lens.parquet")
-    return {"examples": df["ex_id"].n_unique(), "of": len(test), "lenses": ",".join(cfg.lenses)}
+    with open(out / "contexts.jsonl", "w") as f:  # what each example was probed after, or why not
+        for row in info.pop("contexts"):
+            f.write(json.dumps(row) + "\n")
+    return {"examples": df["ex_id"].n_unique(), "of": len(test), "lenses": ",".join(cfg.lenses), **info}
 
 
-def lens_frame(model, tok, examples, cond, seed, lenses, *, tuned=None, progress=None, batch: int = 16):
+def lens_frame(model, tok, examples, cond, seed, lenses, *, tuned=None, progress=None, batch: int = 16,
+               context: str = "generated", score: str = "label", generated: dict | None = None,
+               max_new_tokens: int = 96, info: dict | None = None):
     """Layer-by-layer readout of the label for `examples` under `cond`'s rendering.
 
     Returns a polars frame, one row per (lens, example, layer): p_gold (full-vocab probability
-    of the gold label's first token), choice_p_gold (renormalised over the choices' first
-    tokens), rank_gold, commit_layer. `tuned()` builds the tuned lens when "tuned" is asked for.
+    of the gold label: the whole label teacher-forced, or its first token with score
+    "first_token"), choice_p_gold (renormalised over the choices), rank_gold (the gold label's
+    first token), commit_layer, context (what preceded the label: "label first", "generated",
+    "gold", "prompt"), score, tied (two choices scored on identical ids). `context`/`generated`:
+    see `_probe_batch`; a rationale-first target with context "generated" and no `generated`
+    texts is generated here (greedy, `max_new_tokens`, as evaluation does). `tuned()` builds the
+    tuned lens when "tuned" is asked for. `info`, if given, receives the counts (context, score,
+    unparsed, no_rationale, names_choice, tied) and one "contexts" row per example.
     """
     import polars as pl
-    import torch
 
     from interp.commit import commit_layers
-    from interp.lens import logit_lens
+    from interp.lens import label_lens
 
-    seqs, positions, targets, kept = _probe_batch(examples, cond, tok, seed)
-    if not kept:  # e.g. a rationale-first target with no test rationales: reported, not failed
+    if context not in ("generated", "gold", "none") or score not in ("label", "first_token"):
+        raise ValueError(f"probe context {context!r} / score {score!r}: context is generated, gold or none; "
+                         "score is label or first_token")
+    if context == "generated" and generated is None:
+        from ..render import eval_context, generation_prompt_ids
+        from .evaluate import generate
+
+        todo = [e for e in examples if eval_context(e, cond, tok, seed=seed) is None]
+        texts = generate(model, tok, [generation_prompt_ids(e, cond, tok) for e in todo], max_new_tokens=max_new_tokens,
+                         batch=batch, eos_token_id=tok.eos_token_id) if todo else []
+        generated = {e.id: t for e, t in zip(todo, texts)}
+    items, skipped = _probe_batch(examples, cond, tok, seed, context=context, generated=generated)
+    if score == "first_token":
+        for it in items:
+            it["choice_ids"] = [x[:1] for x in it["choice_ids"]]
+    tied = [len(set(map(tuple, it["choice_ids"]))) < len(it["choice_ids"]) for it in items]
+    if info is not None:
+        probed = {it["ex"].id: it for it in items}
+        info.update(context=context, score=score, unparsed=skipped["unparsed"], no_rationale=skipped["no rationale"],
+                    names_choice=sum(it["names_choice"] for it in items), tied=sum(tied),
+                    contexts=[{"ex_id": e.id, "probed": e.id in probed,
+                               **({"context": probed[e.id]["context"], "text": probed[e.id]["text"],
+                                   "names_choice": probed[e.id]["names_choice"]} if e.id in probed else
+                                  {"reason": "unparsed" if context == "generated" else "no rationale"})}
+                              for e in examples])
+    if not items:  # e.g. no test rationales (gold), or no parseable generation: reported, not failed
         return pl.DataFrame(schema={"lens": pl.Utf8, "ex_id": pl.Utf8, "layer": pl.Int64, "p_gold": pl.Float64,
-                                    "choice_p_gold": pl.Float64, "rank_gold": pl.Int64, "commit_layer": pl.Int64})
-    ids, mask = _pad(seqs, tok.pad_token_id if tok.pad_token_id is not None else 0)
-    C = max(len(t) for t in targets)
-    # Pad missing choices with the gold token; they never win the renormalised top-1 over gold.
-    tgt = torch.tensor([t + [t[e.answer]] * (C - len(t)) for t, e in zip(targets, kept)])
-    gold = torch.tensor([e.answer for e in kept])
-    pos = torch.tensor(positions)
-    fns = {"logit": lambda b: logit_lens(model, ids[b], mask[b], pos[b], tgt[b], gold[b])}
+                                    "choice_p_gold": pl.Float64, "rank_gold": pl.Int64, "commit_layer": pl.Int64,
+                                    "context": pl.Utf8, "score": pl.Utf8, "tied": pl.Boolean})
+    fns = {"logit": None}
     if "tuned" in lenses:
-        from interp.tuned import tuned_lens
-
-        lens_obj = tuned()
-        fns["tuned"] = lambda b: tuned_lens(model, ids[b], mask[b], pos[b], tgt[b], gold[b], lens=lens_obj)
+        fns["tuned"] = tuned()
     rows = []
     for name in [n for n in lenses if n in fns]:
-        for start in range(0, len(kept), batch):
-            b = slice(start, start + batch)
-            with torch.no_grad():
-                res = fns[name](b)
+        for start in range(0, len(items), batch):
+            chunk = items[start:start + batch]
+            res = label_lens(model, [it["context_ids"] for it in chunk], [it["choice_ids"] for it in chunk],
+                             [it["ex"].answer for it in chunk], lens=fns[name], batch=batch)
             pg, cpg, rk = res.gold_probs(), res.gold_probs(renormalised=True), res.gold_ranks()
             commit = commit_layers(res.choice_probs, res.gold)
-            for j, e in enumerate(kept[b]):
+            for j, it in enumerate(chunk):
                 for layer in range(pg.shape[1]):
-                    rows.append({"lens": name, "ex_id": e.id, "layer": layer, "p_gold": float(pg[j, layer]),
+                    rows.append({"lens": name, "ex_id": it["ex"].id, "layer": layer, "p_gold": float(pg[j, layer]),
                                  "choice_p_gold": float(cpg[j, layer]), "rank_gold": int(rk[j, layer]),
-                                 "commit_layer": int(commit[j])})
+                                 "commit_layer": int(commit[j]), "context": it["context"], "score": score,
+                                 "tied": tied[start + j]})
             if progress:
-                progress(min(start + batch, len(kept)), len(kept))
+                progress(min(start + batch, len(items)), len(items))
     return pl.DataFrame(rows)
 
 

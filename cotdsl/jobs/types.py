@@ -119,6 +119,7 @@ class ProbeJob(_PerCondition):
     data_job: str
     render_job: str
     probe: ProbeCfg
+    eval_job: str | None = None  # EvalJob id whose generations a rationale-first student is probed after
 
 
 STAGES = ("data", "sample", "teacher", "rank", "render", "train", "eval", "probe")

@@ -129,3 +129,19 @@ def test_flip_flop_and_late_loss(tok):
     res = logit_lens(model, *cue_batch(tok, seed=8))
     assert commit_layers(res).tolist() == [-1] * 6
     assert summarize(res)["share_committed"] == 0.0
+
+
+@pytest.mark.parametrize("block", [1, 3])
+def test_whole_label_lens_commits_at_the_planted_block_too(tok, block):
+    """label_lens on the same planted model (one-token labels: the answers) gives the same commit
+    rows; summarize counts no ties."""
+    from interp.lens import label_lens
+
+    model = planted_model(tok, {block: (6.0, 0.0)})
+    ids, mask, pos, tgt, gold = cue_batch(tok, seed=block)
+    ctxs = [ids[b, :int(pos[b]) + 1].tolist() for b in range(len(ids))]
+    res = label_lens(model, ctxs, [[[int(t)] for t in row] for row in tgt], gold)
+    assert commit_layers(res).tolist() == [block + 1] * 6
+    s = summarize(res)
+    assert s["tied"] == 0 and s["commit_median"] == block + 1
+    assert summarize(logit_lens(model, ids, mask, pos, tgt[:, [0, 0]], 0))["tied"] == 6  # a column twice

@@ -179,3 +179,107 @@ def test_prepare_inputs_right_pads_and_reads_first_label_tokens(tok):
     assert res.probs.shape == (2, 2, 2) and res.gold.tolist() == [0, 1]
     with pytest.raises(ValueError):
         prepare_inputs(tok, ctx, [["a", "b"], ["c"]])
+
+
+# ---- whole-label lens ----------------------------------------------------------------------------
+def label_batch(tok, g, lengths=((1, 3, 2), (2, 2), (4, 1, 1, 3), (3, 3, 2)), ctx=(4, 9, 6, 7)):
+    """Random contexts and choices of the given label lengths (examples may differ in C)."""
+    ctxs = [torch.randint(5, len(tok), (n,), generator=g).tolist() for n in ctx]
+    chs = [[torch.randint(5, len(tok), (k,), generator=g).tolist() for k in ks] for ks in lengths]
+    return ctxs, chs
+
+
+def naive_label_scores(model, ctxs, chs):
+    """[B, L+1, C] by the book: one full forward of context + label per choice, every lens row
+    unembedded at every label position (final norm on rows 0..L-1; row L is HF's normed state)."""
+    L = model.config.num_hidden_layers
+    C = max(len(ex) for ex in chs)
+    out = torch.full((len(ctxs), L + 1, C), float("-inf"))
+    for b, (ctx, ex) in enumerate(zip(ctxs, chs)):
+        for c, x in enumerate(ex):
+            ids = torch.tensor([ctx + x])
+            with torch.no_grad():
+                hs = model(ids, output_hidden_states=True).hidden_states
+            at = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(x))
+            for i, h in enumerate(hs):
+                lg = bridge.unembed(model, h[0, at], normed=i == L).log_softmax(-1)
+                out[b, i, c] = lg[torch.arange(len(x)), torch.tensor(x)].sum()
+    return out
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_label_lens_equals_the_naive_readout_at_every_layer(tok, arch):
+    from interp.lens import label_lens
+
+    model = sharp_model(tok, arch)
+    ctxs, chs = label_batch(tok, torch.Generator().manual_seed(11))
+    want = naive_label_scores(model, ctxs, chs)
+    for share in (True, False):  # KV cache shared by a context's choices, or one row each
+        res = label_lens(model, ctxs, chs, [0, 1, 2, 0], share_context=share, batch=3)
+        assert res.score == "label" and res.scores.shape == (4, 4, 4)
+        fin = want.isfinite()
+        assert torch.equal(res.scores.isfinite(), fin)  # the padded 4th choice of short examples
+        assert (res.scores[fin] - want[fin]).abs().max() < 1e-4
+        assert torch.allclose(res.probs, want.exp(), atol=1e-6)
+        assert torch.allclose(res.choice_probs, torch.softmax(want, -1), atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_label_lens_last_row_is_rank_evaluation(tok, arch):
+    """The last row's scores are the evaluator's choice log-likelihoods; its argmax is `rank`'s
+    prediction on every example (cotdsl's rank: one context pass + cached choice pass)."""
+    from cotdsl.jobs.evaluate import rank
+    from cotdsl.render import EvalContext
+    from interp.lens import label_lens
+
+    model = sharp_model(tok, arch, seed=4)
+    g = torch.Generator().manual_seed(12)
+    lengths = [tuple(int(k) for k in torch.randint(1, 5, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g))
+               for _ in range(12)]
+    ctxs, chs = label_batch(tok, g, lengths, ctx=[int(n) for n in torch.randint(2, 12, (12,), generator=g)])
+    items = [EvalContext(c, x, [f"c{i}" for i in range(len(x))]) for c, x in zip(ctxs, chs)]
+    ranked = rank(model, items, batch=5)
+    res = label_lens(model, ctxs, chs, 0)
+    for b, r in enumerate(ranked):
+        got = res.scores[b, -1, :len(chs[b])]
+        assert (got - torch.tensor(r["scores"])).abs().max() < 1e-4
+        assert int(got.argmax()) == r["pred"]
+    assert len({r["pred"] for r in ranked}) > 1  # not one column winning everywhere
+
+
+def test_choices_sharing_a_first_token_tie_in_the_first_token_lens_only(tok):
+    from interp.commit import commit_layers
+    from interp.lens import label_lens
+
+    model = sharp_model(tok, "llama", seed=2)
+    ctx = tok("Question: which is red?\nAnswer:")["input_ids"]
+    a, b, c = (tok(" " + w, add_special_tokens=False)["input_ids"] for w in ("holding hot trays", "holding a boat",
+                                                                            "the dog"))
+    assert a[0] == b[0] and a != b
+    first = logit_lens(model, torch.tensor([ctx]), None, [len(ctx) - 1], torch.tensor([[a[0], b[0], c[0]]]), 0)
+    assert first.tied.tolist() == [True] and first.score == "first_token"
+    assert torch.equal(first.probs[0, :, 0], first.probs[0, :, 1])  # tied at every layer ...
+    assert commit_layers(first).tolist() == [-1]  # ... so the gold never wins
+    whole = label_lens(model, [ctx], [[a, b, c]], 0)
+    assert whole.tied.tolist() == [False]
+    assert ((whole.scores[0, :, 0] - whole.scores[0, :, 1]).abs() > 1e-3).all()  # separated at every layer
+    # the first-token readout is label_lens over one-token labels: same numbers
+    one = label_lens(model, [ctx], [[a[:1], b[:1], c[:1]]], 0)
+    assert one.tied.tolist() == [True]
+    assert (one.probs - first.probs).abs().max() < 1e-6 and torch.equal(one.ranks, first.ranks)
+
+
+def test_label_inputs_and_bad_label_inputs(tok):
+    from interp.lens import label_inputs, label_lens
+
+    inp = label_inputs(tok, ["Question: which is red?\nAnswer:"], [["apple", "the dog"]], gold=[1])
+    ctx = tok("Question: which is red?\nAnswer:")["input_ids"]
+    assert inp["contexts"] == [ctx]
+    assert inp["choices"][0][1] == tok("Question: which is red?\nAnswer: the dog")["input_ids"][len(ctx):]
+    model = sharp_model(tok, "gpt2", layers=1)
+    assert label_lens(model, **inp).gold.tolist() == [1]
+    for bad in (dict(contexts=[[]], choices=[[[5]]]), dict(contexts=[[5]], choices=[[[]]]),
+                dict(contexts=[[5]], choices=[[]]), dict(contexts=[[5]], choices=[[[5], [6]]], gold=2),
+                dict(contexts=[[len(tok) + 3]], choices=[[[5]]]), dict(contexts=[[5], [6]], choices=[[[5]]])):
+        with pytest.raises(ValueError):
+            label_lens(model, **bad)

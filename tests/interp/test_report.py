@@ -88,3 +88,16 @@ def test_bad_report_input(data, tmp_path):
         render_report(data, console=Console(record=True), prob="nope")
     with pytest.raises(ValueError):
         plot_report(to_frame(data).drop("commit_layer"), tmp_path / "x.png")
+
+
+def test_ties_are_flagged_in_the_frame_and_the_report(data):
+    tied = result([[0.5, 0.5, 0.5], [0.2, 0.7, 0.8]])
+    tied.tied = torch.tensor([True, False])
+    frame = to_frame({"first": tied})
+    assert frame.filter(frame["example"] == 0)["tied"].all() and not frame.filter(frame["example"] == 1)["tied"].any()
+    con = Console(record=True, width=200)
+    render_report({"first": tied}, console=con)
+    assert "1 of 2 examples score two choices on identical tokens" in con.export_text()
+    con = Console(record=True, width=200)
+    render_report(data, console=con)  # no ties: no note
+    assert "identical tokens" not in con.export_text()

@@ -137,3 +137,30 @@ def test_token_subsampling_still_learns_and_is_seeded(tok):
     assert a.train_log != c.train_log
     held = [enc(tok, HELD_OUT)]
     assert lens_kl(model, held, a).mean() < lens_kl(model, held).mean()
+
+
+def test_tuned_label_lens_whole_labels(tok, trained):
+    """Untrained translators give the logit label lens; trained ones change rows 0..L-1 only;
+    the last row is rank evaluation's scores; labels sharing a first token are told apart."""
+    from cotdsl.jobs.evaluate import rank
+    from cotdsl.render import EvalContext
+    from interp.lens import label_lens
+    from interp.tuned import tuned_label_lens
+
+    model, lens = trained
+    ctxs = [tok(t)["input_ids"] for t in HELD_OUT]
+    words = [" the brown one", " the quick one", " a cat"]
+    chs = [[tok(w, add_special_tokens=False)["input_ids"] for w in words]] * 2
+    assert chs[0][0][0] == chs[0][1][0]  # " the" starts two choices
+    plain = label_lens(model, ctxs, chs, [0, 1])
+    zero = tuned_label_lens(model, ctxs, chs, [0, 1], lens=new_tuned_lens(model))
+    assert zero.lens == "tuned" and zero.score == "label" and (zero.scores - plain.scores).abs().max() < 1e-4
+    res = tuned_label_lens(model, ctxs, chs, [0, 1], lens=lens)
+    assert res.scores.shape == (2, 4, 3) and not res.tied.any()
+    assert torch.equal(res.scores[:, -1], plain.scores[:, -1])  # last row: the model itself
+    assert (res.scores[:, 0] - plain.scores[:, 0]).abs().max() > 1e-3  # translators do act
+    assert ((res.scores[:, :, 0] - res.scores[:, :, 1]).abs() > 1e-4).all()
+    ranked = rank(model, [EvalContext(c, x, words) for c, x in zip(ctxs, chs)])
+    for b, r in enumerate(ranked):
+        assert (res.scores[b, -1] - torch.tensor(r["scores"])).abs().max() < 1e-4
+        assert int(res.scores[b, -1].argmax()) == r["pred"]

@@ -249,7 +249,7 @@ def test_launch_runs_n_ranks_and_relays_reports_results_and_failures(monkeypatch
 
 # ---- the language ---------------------------------------------------------------------------
 def test_train_devices_and_strategy_in_the_spec():
-    from cotdsl.check import check_source
+    from cotdsl.lang.check import check_source
 
     head = ('experiment e {\n  data toy = builtin("facts", train: 10, test: 10)\n  teacher gold = gold\n'
             '  student s = smollm2\n  target none = label\n')

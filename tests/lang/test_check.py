@@ -8,8 +8,8 @@ import textwrap
 import pytest
 
 from cotdsl import spec
-from cotdsl.check import check_source, load
 from cotdsl.errors import CotError
+from cotdsl.lang.check import check_source, load
 
 HEAD = '''experiment e {
   data    toy  = builtin("facts", train: 10, test: 10)
@@ -155,7 +155,7 @@ def test_relative_paths_resolve_against_spec_folder(tmp_path, monkeypatch):
 
 def test_every_spec_in_specs_checks():
     from pathlib import Path
-    files = sorted(Path(__file__).resolve().parent.parent.glob("specs/*.cot"))
+    files = sorted(Path(__file__).resolve().parents[2].glob("specs/*.cot"))
     assert len(files) >= 8
     for f in files:
         assert load(f).conditions
@@ -164,7 +164,7 @@ def test_every_spec_in_specs_checks():
 def test_keytokens_scorer_must_name_student_teacher_or_a_plain_target():
     import pytest as _pytest
 
-    from cotdsl.check import check_source
+    from cotdsl.lang.check import check_source
     from cotdsl.errors import CotError
 
     base = """experiment x {{

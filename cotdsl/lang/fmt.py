@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 
-from cotdsl import ast
-from cotdsl.parse import parse_source
+from . import ast
+from .parse import parse_source
 
 INDENT = "  "
 WIDTH = 100  # multitask targets longer than this are broken over lines
@@ -68,7 +68,7 @@ def statement(s, indent: str = "", pad: int = 0) -> str:
         return f"{indent}{head(s):<{pad}} = {value(s.value)}"
     if isinstance(s, ast.Section):
         multi = any(len(e.values) > 1 for e in s.entries)
-        body = ("; " if multi else ", ").join(f"{e.key}: {', '.join(value(v) for v in e.values)}"
+        body = ("; " if multi else ", ").join(f"{e.name}: {', '.join(value(v) for v in e.values)}"
                                                 for e in s.entries)
         return f"{indent}{s.kind} {{ {body} }}" if body else f"{indent}{s.kind} {{}}"
     if isinstance(s, ast.Target):

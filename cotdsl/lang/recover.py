@@ -1,4 +1,5 @@
-"""Syntax errors, collected as far as lark's LALR parser can go on (its `on_error` hook).
+"""Error recovery: syntax errors, collected as far as lark's LALR parser can go on (its `on_error`
+hook).
 
 At each error we try a one-token insertion repair (a missing `,` `->` `)` ...), else skip the
 token; an unknown statement is skipped whole; errors that directly follow a previous one are
@@ -15,9 +16,11 @@ from functools import lru_cache
 from lark import Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 
-from cotdsl.errors import Diagnostic, did_you_mean
-from cotdsl.parse import _SCAN, MAX_SYNTAX_ERRORS, SECTIONS, STATEMENT_KEYWORDS, parser
-from cotdsl.spec import Pos
+from cotdsl.errors import Diagnostic, Pos, did_you_mean
+
+from .grammar import SCAN, SECTIONS, STATEMENT_KEYWORDS, parser
+
+MAX_SYNTAX_ERRORS = 20
 
 
 _PRETTY = {"NAME": "a name", "STRING": "a string", "NUMBER": "a number", "KEY": "`key:`",
@@ -43,7 +46,7 @@ def _open_bracket(text: str, end: int) -> str:
     """The innermost bracket still open at offset `end` ("" at top level): the same LALR state
     can be inside a call `(`, a sweep `[` or a block `{`, and the mistake is named differently."""
     stack = []
-    for m in _SCAN.finditer(text, 0, end):
+    for m in SCAN.finditer(text, 0, end):
         g = m.group()
         if g in "([{":
             stack.append(g)
@@ -95,7 +98,7 @@ def _skip_statement(e: UnexpectedToken, text: str) -> int | None:
     after = text[tok.end_pos:]
     if after.lstrip(" \t").startswith("{"):
         depth = 0
-        for m in _SCAN.finditer(text, tok.end_pos):
+        for m in SCAN.finditer(text, tok.end_pos):
             g = m.group()
             if g in "([{":
                 depth += 1
@@ -187,7 +190,7 @@ def syntax_errors(text: str, path: str) -> list[Diagnostic]:
 
     def cascade(start: int) -> bool:
         gap = text[last_end[0]:start] if last_end[0] >= 0 else None
-        return gap is not None and _SCAN.sub(lambda m: m.group() if m.group()[0] != "#" else "", gap).strip() == ""
+        return gap is not None and SCAN.sub(lambda m: m.group() if m.group()[0] != "#" else "", gap).strip() == ""
 
     def on_error(e: UnexpectedInput) -> bool:
         if len(diags) >= MAX_SYNTAX_ERRORS:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from cotdsl import ast
+from cotdsl.lang import ast
 from cotdsl.errors import CotError
-from cotdsl.parse import grammar_text, parse_source, parser
+from cotdsl.lang.grammar import grammar_text, parser
+from cotdsl.lang.parse import parse_source
 
 
 def body(src: str):
@@ -61,7 +62,7 @@ def test_multitask():
 def test_sections_lists_and_maps():
     s, d = body('probe { lens: logit, tuned; at: label }\n'
                 'data f = file(train: "a", test: "b", fields: {question: "q", label: "gold"})')
-    assert [(e.key, [v.id for v in e.values]) for e in s.entries] == [("lens", ["logit", "tuned"]), ("at", ["label"])]
+    assert [(e.name, [v.id for v in e.values]) for e in s.entries] == [("lens", ["logit", "tuned"]), ("at", ["label"])]
     m = d.value.kwargs[2].value
     assert isinstance(m, ast.MapV) and [i.key for i in m.items] == ["question", "label"]
 

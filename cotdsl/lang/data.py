@@ -16,10 +16,11 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
 
-from cotdsl import ast, spec
-from cotdsl.errors import Collector, did_you_mean
+from cotdsl import spec
+from cotdsl.errors import Collector, Pos, did_you_mean
+
+from . import ast
 
 SAMPLE_ROWS = 1000  # jsonl rows whose keys make up the columns
 LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".ndjson": "json", ".parquet": "parquet", ".arrow": "arrow"}
@@ -132,7 +133,7 @@ class _Pre:
     def __init__(self, decl: spec.Decl, at: dict[str, ast.Value], col: Collector, what: str):
         self.decl, self.at, self.col, self.what = decl, at, col, what
 
-    def pos(self, *keys: str) -> spec.Pos:
+    def pos(self, *keys: str) -> Pos:
         """Position of the first named argument (or map entry `arg.key`) written in the spec."""
         for k in keys:
             name, _, entry = k.partition(".")

@@ -7,10 +7,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from cotdsl import spec
-from cotdsl.check import check_source
+from cotdsl.lang.check import check_source
 from cotdsl.errors import CotError
 
-SPECS = [p.read_text() for p in sorted((Path(__file__).resolve().parent.parent / "specs").glob("*.cot"))]
+SPECS = [p.read_text() for p in sorted((Path(__file__).resolve().parents[2] / "specs").glob("*.cot"))]
 HEAD = 'experiment e {\n data toy = builtin("facts", train: 10, test: 10)\n teacher g = gold\n student s = smollm2\n'
 
 names = st.sampled_from(["label", "rationale", "p", "k", "x", "ig", "true", "shuffle", "mask", "unk",

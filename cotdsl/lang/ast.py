@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Union
 
-from cotdsl.spec import Pos
+from cotdsl.errors import Pos
 
 
 # ---- values ----------------------------------------------------------------------------------
@@ -90,7 +90,10 @@ class Multitask:
 
 
 @dataclass(frozen=True)
-class SweepVar:
+class Entry:
+    """A name and the values written after it: a sweep variable `p in 0.2, 0.4` or a section
+    entry `lens: logit, tuned`."""
+
     name: str
     values: tuple[Value, ...]
     pos: Pos
@@ -99,7 +102,7 @@ class SweepVar:
 @dataclass(frozen=True)
 class Target:
     name: str
-    sweep: tuple[SweepVar, ...] | None  # None: no brackets; () : empty brackets
+    sweep: tuple[Entry, ...] | None  # None: no brackets; () : empty brackets
     body: Union[Chain, Multitask]
     pos: Pos
     end_line: int = 0
@@ -121,13 +124,6 @@ class Decl:
     pos: Pos
     name_pos: Pos | None = None
     end_line: int = 0
-
-
-@dataclass(frozen=True)
-class Entry:
-    key: str
-    values: tuple[Value, ...]
-    pos: Pos
 
 
 @dataclass(frozen=True)

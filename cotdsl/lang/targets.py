@@ -1,6 +1,6 @@
 """Targets: sweeps expand into one `spec.Condition` per point; segments become `spec.Ref`/`Lit`/
 `Call`; perturbation calls are validated against `cotdsl.perturb.REGISTRY`; the evaluation mode
-is resolved. Part of `check.py`.
+is resolved. Part of `check.py`; `call()` gives Python code the same checks.
 
 A checked call is canonical: `args` holds only the input expression (none for generators such
 as `unk`), `kwargs` every parameter in declaration order (defaults filled) and then `unit`, so
@@ -8,15 +8,18 @@ as `unk`), `kwargs` every parameter in declaration order (defaults filled) and t
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from typing import Any
 
-from cotdsl import ast, perturb, spec
-from cotdsl.check_decls import BAD, P, coerce
+from cotdsl import perturb, spec
 from cotdsl.errors import Collector, did_you_mean
 
+from . import ast
+from .params import BAD, Param, Signature, bind, coerce
+
 FIELDS = ("label", "rationale")
-UNIT = P("unit", str, None, choices=("word", "token"))
+UNITS = ("word", "token")
 # keytokens' ranking sources when the registered Param declares no choices of its own
 KEYTOKENS_BY = ("ig", "placeholder", "field:*")
 
@@ -100,6 +103,27 @@ def build_conditions(t: ast.Target, eval_by: str, col: Collector, notes: list[st
     return conds
 
 
+_SIGNATURES: dict[str, tuple[perturb.Perturbation, Signature]] = {}
+
+
+def signature(fn: str, pert: perturb.Perturbation) -> Signature:
+    """How a perturbation is called: its parameters after the input, then `unit:` (built once per
+    registered perturbation)."""
+    known = _SIGNATURES.get(fn)
+    if known is None or known[0] is not pert:
+        _SIGNATURES[fn] = known = (pert, _signature(fn, pert))
+    return known[1]
+
+
+def _signature(fn: str, pert: perturb.Perturbation) -> Signature:
+    params = tuple(dataclasses.replace(p, choices=KEYTOKENS_BY) if (fn, p.name) == ("keytokens", "by")
+                   and not p.choices else p for p in pert.params)
+    required = ", ".join(p.name for p in params if p.required)
+    return Signature(f"`{fn}`", params, (Param("unit", str, default=pert.unit, choices=UNITS),),
+                     counted="argument{s}" + (" after its input" if pert.takes_input else ""),
+                     usage=f"`{fn}({'rationale, ' if pert.takes_input else ''}{required})`")
+
+
 class _Builder:
     def __init__(self, col: Collector, env: dict[str, ast.Value], notes: list[str], cname: str):
         self.col, self.env, self.notes, self.cname = col, env, notes, cname
@@ -113,7 +137,7 @@ class _Builder:
             segs = self.chain(td.chain)
             w = 1.0
             if td.weight is not None:
-                w = coerce(self.subst(td.weight), P("weight", float, lo=0, open_lo=True), self.col, "task")
+                w = coerce(self.subst(td.weight), Param("weight", float, lo=0, open_lo=True), self.col, "task")
             if segs is None or w is BAD:
                 ok = False
                 continue
@@ -159,76 +183,45 @@ class _Builder:
             self.col.error(c.pos, f"unknown perturbation `{c.fn}`", hint=did_you_mean(c.fn, perturb.REGISTRY)
                            or f"known: {', '.join(sorted(perturb.REGISTRY))}; plugins add more")
             return None
-        what = f"`{c.fn}`"
         args = list(c.args)
         inputs: tuple = ()
-        ok = True
         if pert.takes_input:
             if not args:
-                self.col.error(c.pos, f"{what} needs an input", hint=f"`{c.fn}(rationale)`")
+                self.col.error(c.pos, f"`{c.fn}` needs an input", hint=f"`{c.fn}(rationale)`")
                 return None
             inp = self.input(args.pop(0), c.fn)
-            ok = inp is not None
             inputs = (inp,)
         elif args and isinstance(args[0], (ast.Name, ast.CallV)) and getattr(args[0], "id", None) in FIELDS:
-            self.col.error(args[0].pos, f"{what} takes no input (it generates its units)",
+            self.col.error(args[0].pos, f"`{c.fn}` takes no input (it generates its units)",
                            hint=f"e.g. `{c.fn}(5) -> label`")
             return None
-        params = list(pert.params)
-        names = [p.name for p in params]
-        given: dict[str, ast.Value] = {}
-        if len(args) > len(params):
-            self.col.error(args[len(params)].pos,
-                           f"{what} takes {len(params)} argument{'s' if len(params) != 1 else ''}"
-                           f"{' after its input' if pert.takes_input else ''}"
-                           f"{' (' + ', '.join(names) + ')' if names else ''}, got {len(args)}")
+        sig = signature(c.fn, pert)
+        kwargs = bind(c, sig, self.col, args=args, value=lambda v, p: self.value(v, p, sig.what))
+        if kwargs is None or None in inputs:
             return None
-        given.update({p.name: a for p, a in zip(params, args)})
-        for kw in c.kwargs:
-            if kw.key not in names and kw.key != "unit":
-                self.col.error(kw.pos, f"{what} has no argument `{kw.key}`",
-                               expected=[f"`{n}`" for n in names + ["unit"]], hint=did_you_mean(kw.key, names + ["unit"]))
-                ok = False
-            elif kw.key in given:
-                self.col.error(kw.pos, f"{what}: argument `{kw.key}` given twice")
-                ok = False
-            else:
-                given[kw.key] = kw.value
-        kwargs = []
-        for p in params + [UNIT]:
-            if p.name not in given:
-                if p.default is perturb.REQUIRED:
-                    self.col.error(c.pos, f"{what}: missing argument `{p.name}`",
-                                   hint=f"`{c.fn}({'rationale, ' if pert.takes_input else ''}"
-                                        f"{', '.join(n for n, q in zip(names, params) if q.required)})`")
-                    ok = False
-                kwargs.append((p.name, pert.unit if p is UNIT else p.default))
-                continue
-            v = self.subst(given[p.name])
-            if isinstance(v, ast.Name) and v.id in FIELDS and p.type in (int, float):
-                self.col.error(v.pos, f"{what}: `{p.name}` is a {p.type.__name__}, not a field"
-                               + (" (perturbations never touch the label)" if v.id == "label" else ""))
-                ok = False
-                continue
-            if isinstance(v, ast.CallV) and v.fn != "field":
-                self.col.error(v.pos, f"{what}: `{p.name}` takes a constant, not a call")
-                ok = False
-                continue
-            if p.type in (int, float) and isinstance(v, ast.Name):
-                self.col.error(v.pos, f"undefined name `{v.id}`", hint=did_you_mean(v.id, self.env)
-                               or f"`{p.name}` expects a number")
-                ok = False
-                continue
-            if (c.fn, p.name) == ("keytokens", "by") and not p.choices:
-                p = P("by", str, p.default, choices=KEYTOKENS_BY)
-            x = coerce(v, p, self.col, what)
-            ok = ok and x is not BAD
-            kwargs.append((p.name, x))
-            if (c.fn, p.name) == ("keytokens", "by") and x is not BAD and x != "ig":
-                how = "a deterministic placeholder ranking (not an attribution)" if x == "placeholder" \
-                    else f"the data field `{x[6:]}` as its ranking (annotated highlights, not IG)"
-                self.notes.append(f"target `{self.cname}`: keytokens uses {how}")
-        return spec.Call(c.fn, inputs, tuple(kwargs), c.pos) if ok else None
+        by = kwargs.get("by")
+        if c.fn == "keytokens" and by != "ig":
+            how = "a deterministic placeholder ranking (not an attribution)" if by == "placeholder" \
+                else f"the data field `{by[6:]}` as its ranking (annotated highlights, not IG)"
+            self.notes.append(f"target `{self.cname}`: keytokens uses {how}")
+        return spec.Call(c.fn, inputs, tuple(kwargs.items()), c.pos)
+
+    def value(self, v: ast.Value, p: Param, what: str) -> Any:
+        """An argument as written -> what `coerce` checks: a sweep variable becomes its value at
+        this point; fields, calls and unknown names where a constant belongs are refused (BAD)."""
+        v = self.subst(v)
+        if isinstance(v, ast.Name) and v.id in FIELDS and p.type in (int, float):
+            self.col.error(v.pos, f"{what}: `{p.name}` is a {p.type.__name__}, not a field"
+                           + (" (perturbations never touch the label)" if v.id == "label" else ""))
+            return BAD
+        if isinstance(v, ast.CallV) and v.fn != "field":
+            self.col.error(v.pos, f"{what}: `{p.name}` takes a constant, not a call")
+            return BAD
+        if p.type in (int, float) and isinstance(v, ast.Name):
+            self.col.error(v.pos, f"undefined name `{v.id}`", hint=did_you_mean(v.id, self.env)
+                           or f"`{p.name}` expects a number")
+            return BAD
+        return v
 
     def input(self, v: ast.Value, fn: str):
         if isinstance(v, ast.Name):
@@ -259,7 +252,7 @@ class _Builder:
         if len(labels) > 1:
             self.col.error(task.segments[labels[1]].pos, f"target `{t.name}`: `label` appears more than once")
             return None
-        needs = any(_needs_rationale(s) for s in task.segments[:labels[0]])
+        needs = task.rationale_before_label()
         if eval_by == "rank" and needs:
             self.col.error(t.pos, f"target `{t.name}` cannot be evaluated by rank: rationale-dependent text "
                            "precedes the label", hint="use `eval { by: auto }` or `eval { by: generate }`")
@@ -269,9 +262,32 @@ class _Builder:
         return "generate" if needs else "rank"
 
 
-def _needs_rationale(e: Any) -> bool:
-    if isinstance(e, spec.Ref):
-        return e.name == "rationale"
-    if isinstance(e, spec.Call):
-        return any(_needs_rationale(a) for a in e.args)
-    return False
+def call(fn: str, *args: Any, **kwargs: Any) -> spec.Call:
+    """The checked `spec.Call` that `fn(args..., key: value)` in a spec gives, built from Python:
+    the same binding, checks and defaults (raises CotError). The input is `spec.Ref("rationale")`
+    or another call; the other arguments are constants (a keyword given None is left out).
+    `call("mask", Ref("rationale"), 0.5)` is
+    `Call("mask", (Ref("rationale"),), (("p", 0.5), ("token", None), ("unit", "word")))`.
+    """
+    col = Collector()
+    written = ast.CallV(fn, tuple(_written(a) for a in args),
+                        tuple(ast.KwArg(k, _written(v), None) for k, v in kwargs.items() if v is not None), None)
+    out = _Builder(col, {}, [], fn).call(written)
+    col.raise_if_any()
+    return out
+
+
+def _written(x: Any) -> ast.Value:
+    """A Python argument -> the AST value a spec would have written for it."""
+    if isinstance(x, spec.Ref):
+        return ast.Name(x.name, x.pos)
+    if isinstance(x, spec.Lit):
+        return ast.Str(x.text, x.pos)
+    if isinstance(x, spec.Call):
+        return ast.CallV(x.fn, tuple(_written(a) for a in x.args),
+                         tuple(ast.KwArg(k, _written(v), None) for k, v in x.kwargs if v is not None), x.pos)
+    if isinstance(x, bool):
+        return ast.Name("true" if x else "false", None)
+    if isinstance(x, (int, float)):
+        return ast.Num(x, repr(x), None)
+    return ast.Str(str(x), None)

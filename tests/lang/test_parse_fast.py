@@ -1,4 +1,4 @@
-"""The fast parse path (`cotdsl.parse_fast`) gives exactly what lark's own parser + the
+"""The fast parse path (`cotdsl.lang.parse_fast`) gives exactly what lark's own parser + the
 transformer give: same AST, same positions and end lines, and it gives up (Fallback) wherever lark
 reports a syntax error."""
 from __future__ import annotations
@@ -10,9 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from lark.exceptions import UnexpectedInput
 
-from cotdsl import parse
-from cotdsl.parse import _ToAst, fast_parser, parse_source, parser
-from cotdsl.parse_fast import Fallback
+from cotdsl.lang import grammar, parse
+from cotdsl.lang.grammar import fast_parser, parser
+from cotdsl.lang.parse import _ToAst, parse_source
+from cotdsl.lang.parse_fast import Fallback
 from test_fuzz import SPECS, generated, mutated
 
 
@@ -97,7 +98,18 @@ def test_falls_back_to_lark_for_errors_and_without_fast_path(monkeypatch):
 
 def test_grammar_cache_location(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    path = parse._cache_file("grammar text")
+    path = grammar._cache_file("grammar text")
     assert path.startswith(str(tmp_path / "cotdsl")) and (tmp_path / "cotdsl").is_dir()
     monkeypatch.setenv("COTDSL_NO_GRAMMAR_CACHE", "1")
-    assert parse._cache_file("grammar text") is False
+    assert grammar._cache_file("grammar text") is False
+
+
+def test_a_transformer_bug_is_not_taken_for_a_syntax_error(monkeypatch):
+    """Only `Fallback` (the fast path meets a syntax error) sends the text to lark: an exception
+    raised while building the AST surfaces as it is, not as a second parse."""
+    def broken(self, c):
+        raise RuntimeError("bug in the transformer")
+
+    monkeypatch.setattr(parse._ToAst, "seeds", broken)
+    with pytest.raises(RuntimeError, match="bug in the transformer"):
+        parse_source("experiment e {\n  seeds 0\n}\n", "t.cot")

@@ -1,80 +1,27 @@
-"""Text -> `ast.File`: guards (size, encoding, nesting), the Lark LALR parser with error recovery,
-and a Transformer into the dataclasses of `cotdsl/ast.py`.
+"""Text -> `ast.File`: guards (size, encoding, nesting), then the parse, with a Transformer into
+the dataclasses of `ast.py`.
 
-Valid input takes the fast path (`parse_fast`: lark's tables, the transformer run inline); on any
-error the text is parsed again by lark itself, which reports every syntax error.
-
-Syntax errors are collected by `cotdsl/syntax_errors.py` (lark's `on_error` recovery).
+Valid input takes the fast path (`parse_fast`: lark's tables, the transformer run inline); when it
+gives up (`Fallback`, a syntax error) the text is parsed again by lark itself, and `recover.py`
+collects every syntax error with lark's `on_error` recovery.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
-import lark
 from lark import Token, Transformer
 from lark.exceptions import UnexpectedInput, VisitError
 
-from cotdsl import ast
-from cotdsl.errors import CotError, Diagnostic
-from cotdsl.parse_fast import Fallback, FastParser
-from cotdsl.spec import Pos
+from cotdsl.errors import CotError, Diagnostic, Pos
+
+from . import ast
+from .grammar import SCAN, fast_parser, parser
+from .parse_fast import Fallback
 
 MAX_BYTES = 5_000_000  # larger inputs are refused before parsing
 MAX_DEPTH = 48  # bracket nesting; the Transformer and checker recurse, so bound it up front
-MAX_SYNTAX_ERRORS = 20
-
-STATEMENT_KEYWORDS = ("import", "plugin", "experiment", "seeds", "data", "teacher", "student",
-                      "target", "train", "eval", "probe")
-SECTIONS = ("train", "eval", "probe")
-
-
-# ---- the parser (built once) -----------------------------------------------------------------
-def grammar_text() -> str:
-    """The grammar shipped in the wheel (cotdsl/_grammar/cot.lark), else the repo's grammar/."""
-    try:
-        res = resources.files("cotdsl") / "_grammar" / "cot.lark"
-        if res.is_file():
-            return res.read_text(encoding="utf-8")
-    except (FileNotFoundError, ModuleNotFoundError, OSError):  # pragma: no cover
-        pass
-    return (Path(__file__).resolve().parent.parent / "grammar" / "cot.lark").read_text(encoding="utf-8")
-
-
-def _cache_file(grammar: str) -> str | bool:
-    """Where lark keeps the analysed grammar between processes (building it costs ~25 ms, loading
-    ~4 ms): the user's cache folder. Never the shared temp dir, since lark unpickles the file.
-    lark checks a hash of grammar, options and versions inside and rebuilds on any mismatch."""
-    if os.environ.get("COTDSL_NO_GRAMMAR_CACHE"):
-        return False
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    if not os.path.isabs(base):  # no home folder: do not litter the working directory
-        return False
-    folder = os.path.join(base, "cotdsl")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError:
-        return False
-    digest = hashlib.sha256(grammar.encode("utf-8")).hexdigest()[:16]
-    return os.path.join(folder, f"grammar-{digest}-lark{lark.__version__}.pickle")
-
-
-@lru_cache(maxsize=1)
-def parser() -> lark.Lark:
-    # No propagate_positions: the transformer takes positions from tokens (see `_ToAst`), which
-    # lets it run inline in `parse_fast` (lark refuses inline transformers with positions).
-    g = grammar_text()
-    return lark.Lark(g, parser="lalr", maybe_placeholders=True, cache=_cache_file(g))
-
-
-@lru_cache(maxsize=1)
-def fast_parser() -> FastParser | None:
-    return FastParser.build(parser())
 
 
 # ---- guards ----------------------------------------------------------------------------------
@@ -105,13 +52,10 @@ def read_source(path: str | Path) -> str:
     return decode(data, str(p))
 
 
-_SCAN = re.compile(r'"(?:[^"\\\n]|\\.)*"?|#[^\n]*|[()\[\]{}]')
-
-
 def _scan(text: str, path: str) -> tuple[ast.Comment, ...]:
     """One pass over the text: collect comments (for fmt) and refuse too-deep bracket nesting."""
     comments, depth = [], 0
-    for m in _SCAN.finditer(text):
+    for m in SCAN.finditer(text):
         tok = m.group()
         if tok[0] == "#":
             line = text.count("\n", 0, m.start()) + 1
@@ -241,10 +185,9 @@ class _ToAst(Transformer):
     def more(self, c):
         return ("more", None, c[0])
 
-    def keyed(self, c):
-        return ("var", ast.Name(str(c[0]), self._tpos(c[0])), c[1])
+    keyed = sweep_var  # `key: value` in a section, as `name in values` in a sweep
 
-    def _group(self, entries, cls):
+    def _group(self, entries):
         out: list[tuple] = []
         for kind, key, value in entries or ():
             if kind == "var" or not out:
@@ -252,7 +195,7 @@ class _ToAst(Transformer):
                 out.append((k, [value] if value is not None else []))
             else:
                 out[-1][1].append(value)
-        return tuple(cls(k.id, tuple(vs), k.pos) for k, vs in out)
+        return tuple(ast.Entry(k.id, tuple(vs), k.pos) for k, vs in out)
 
     def sweep_entries(self, c):
         return list(c)
@@ -260,7 +203,7 @@ class _ToAst(Transformer):
     sec_entries = sweep_entries
 
     def sweep(self, c):
-        return self._group(c[0], ast.SweepVar)
+        return self._group(c[0])
 
     def target(self, c):
         name, sweep, body = c
@@ -277,7 +220,7 @@ class _ToAst(Transformer):
 
     def section(self, c):  # SECTIONKW "{" [sec_entries] "}"
         kind, entries = c[0], c[2]
-        return ast.Section(str(kind), self._group(entries, ast.Entry), self._tpos(kind), c[-1].line)
+        return ast.Section(str(kind), self._group(entries), self._tpos(kind), c[-1].line)
 
     def import_(self, c):  # "import" STRING
         return ast.Import(self._str(c[1]).value, self._tpos(c[0]), c[1].line)
@@ -303,18 +246,18 @@ def parse_source(text: str, path: str = "<string>") -> ast.File:
         raise CotError([Diagnostic(Pos(path, line, i - text.rfind("\n", 0, i)),
                                    "file contains a NUL byte (is it a binary file?)")], {path: text})
     comments = _scan(text, path)
-    fast = fast_parser()
     conv = _ToAst(path)
+    fast = fast_parser()
     try:
         if fast is None:
             raise Fallback
         items = fast.parse(text, conv)
-    except Exception:  # a syntax error (or a transformer bug): lark's own parse decides and reports
+    except Fallback:  # a syntax error (or no fast path): lark's own parse decides and reports
         conv = _ToAst(path)
         try:
             tree = parser().parse(text)
         except UnexpectedInput:
-            from cotdsl.syntax_errors import syntax_errors  # lazy: only bad input pays for it
+            from .recover import syntax_errors  # lazy: only bad input pays for it
 
             raise CotError(syntax_errors(text, path), {path: text}) from None
         try:

@@ -13,7 +13,7 @@ import pytest
 from cotdsl import load
 from cotdsl.errors import CotError
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "fixtures"
 ROW = {"qid": "a", "q": "Sky colour?", "opts": ["blue", "green"], "gold": "blue", "why": "Rayleigh."}
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cotdsl.check import check_source, load
 from cotdsl.errors import CotError
-from cotdsl.parse import MAX_BYTES, MAX_DEPTH
+from cotdsl.lang.check import check_source, load
+from cotdsl.lang.parse import MAX_BYTES, MAX_DEPTH
 
 HEAD = '''experiment e {
   data    toy  = builtin("facts", train: 10, test: 10)

@@ -1,25 +1,92 @@
 """Semantic checks: `ast.File` (+ imports, plugins) -> `spec.Experiment`, or a CotError listing
 every problem found in the file at once.
 
-Declarations and sections are validated against the signature tables in `check_decls.py`;
-targets (sweeps, segments, perturbation calls against `cotdsl.perturb.REGISTRY`, eval mode) in
-`check_targets.py`. Every problem is collected; `CotError` lists them all.
+Declarations are bound against the signatures below and section entries against the fields of
+their `spec` dataclasses (`params.py` checks every value); targets (sweeps, segments,
+perturbation calls against `cotdsl.perturb.REGISTRY`, eval mode) are built by `targets.py`; local
+data files are looked at by `data.py`.
 """
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import os
-import sys
+import typing
 from pathlib import Path
 from typing import Any
 
-from cotdsl import ast, perturb, spec
-from cotdsl.errors import Collector, CotError, did_you_mean
-from cotdsl.parse import parse_source, read_source
-from cotdsl.check_decls import BAD, DATA, EVAL, PROBE, STUDENT, TEACHER, TRAIN, P, arg_values, bind, coerce
-from cotdsl.check_targets import build_conditions
+from cotdsl import perturb, spec
+from cotdsl.data.files import FIELDS as DATA_FIELDS
+from cotdsl.errors import Collector, CotError, Pos, did_you_mean
 
-FIELDS = ("label", "rationale")
+from . import ast
+from .params import BAD, Param, Signature, arg_values, bind, coerce
+from .parse import decode, parse_source, read_source
+from .targets import build_conditions
+
+# ---- what declarations and sections accept ---------------------------------------------------
+DATA = {
+    "builtin": (Param("task", str, choices=("facts", "chain")), Param("train", int, lo=1), Param("test", int, lo=1),
+                Param("seed", int, lo=0, default=0), Param("choices", int, lo=2, hi=10, default=4),
+                Param("entities", int, lo=2, default=None)),
+    "hf": (Param("dataset", "dataset"), Param("train", int, lo=1, default=None), Param("test", int, lo=1, default=None),
+           Param("config", str, default=None), Param("train_split", str, default=None),
+           Param("test_split", str, default=None), Param("files", "path_map", default=None, alias="data_files"),
+           Param("disk", "path", default=None)),
+    "file": (Param("train", "path"), Param("test", "path"), Param("fields", "map", default=None, choices=DATA_FIELDS),
+             Param("format", str, default=None, choices=("jsonl", "csv", "parquet"))),
+}
+TEACHER = {
+    "gold": (),
+    "file": (Param("path", "path"), Param("field", str, default="rationale"), Param("strip_answer", bool, default=None)),
+    "hf": (Param("model", "name_or_path"), Param("prompt", str, default=None), Param("samples", int, lo=1, default=1),
+           Param("temperature", float, lo=0, default=0.0), Param("top_p", float, lo=0, hi=1, open_lo=True, default=None),
+           Param("top_k", int, lo=1, default=None), Param("max_new_tokens", int, lo=1, default=128),
+           Param("filter", bool, default=True), Param("batch", int, lo=1, default=8),
+           Param("trust_remote_code", bool, default=False), Param("revision", str, default=None),
+           Param("seed", int, lo=0, default=None), Param("strip_answer", bool, default=None),
+           Param("shards", int, lo=1, default=None), Param("engine", str, default=None, choices=("hf", "vllm"))),
+}
+STUDENT = {
+    "smollm2": (),
+    "hf": (Param("model", "name_or_path"), Param("trust_remote_code", bool, default=False),
+           Param("revision", str, default=None)),
+    "gguf": (Param("path", "path"), Param("file", str, default=None)),
+    "tiny": (Param("arch", str, default="llama", choices=("llama", "gpt2")), Param("layers", int, lo=1, default=2),
+             Param("d_model", int, lo=8, default=64), Param("heads", int, lo=1, default=4)),
+}
+DECLS = {"data": (DATA, spec.Source), "teacher": (TEACHER, spec.Teacher), "student": (STUDENT, spec.Student)}
+
+
+def _entries(cfg: type, **rules: dict) -> tuple[Param, ...]:
+    """A section's entries: the fields of its spec dataclass (name, type, default: one source of
+    truth) with the checks `rules` adds (bounds, choices, alias). `int | None` is an int entry, a
+    tuple field a list of words."""
+    hints = typing.get_type_hints(cfg)
+    out = []
+    for f in dataclasses.fields(cfg):
+        t = hints[f.name]
+        if typing.get_origin(t) is tuple:
+            t = "list"
+        elif type(None) in typing.get_args(t):
+            t, = (a for a in typing.get_args(t) if a is not type(None))
+        out.append(Param(f.name, t, default=f.default, **rules.get(f.name, {})))
+    return tuple(out)
+
+
+_POSITIVE, _COUNT = {"lo": 0, "open_lo": True}, {"lo": 1}
+SECTIONS = {
+    "train": (spec.TrainCfg, _entries(
+        spec.TrainCfg, epochs=_POSITIVE, lr=_POSITIVE, batch=_COUNT, max_len={"lo": 8}, warmup={"lo": 0, "hi": 1},
+        weight_decay={"lo": 0}, grad_accum=_COUNT, max_steps=_COUNT, lora=_COUNT,
+        precision={"choices": ("auto", "fp32", "bf16")}, checkpoint_every=_COUNT, devices=_COUNT,
+        strategy={"choices": ("ddp", "fsdp")})),
+    "eval": (spec.EvalCfg, _entries(spec.EvalCfg, by={"choices": ("auto", "rank", "generate")},
+                                    max_new_tokens=_COUNT, batch=_COUNT)),
+    "probe": (spec.ProbeCfg, _entries(spec.ProbeCfg, lenses={"choices": ("logit", "tuned"), "alias": "lens"},
+                                      at={"choices": ("label",)}, examples=_COUNT, tuned_steps={"lo": 0},
+                                      context={"choices": ("generated", "gold", "none")},
+                                      score={"choices": ("label", "first_token")})),
+}
 
 
 def load(path: str | Path) -> spec.Experiment:
@@ -29,7 +96,6 @@ def load(path: str | Path) -> spec.Experiment:
 
 def check_source(text: str | bytes, path: str = "<string>") -> spec.Experiment:
     """Parse and check one spec given as text (imports are read relative to `path`)."""
-    from cotdsl.parse import decode
     if isinstance(text, bytes):
         text = decode(text, path)
     return _Checker(path).run(text)
@@ -92,14 +158,14 @@ class _Checker:
         """Check an already parsed file (its source text must be in `self.col.sources`)."""
         path = self._abs(self.path)
         if not main.items:
-            self.col.error(spec.Pos(self.path, 1, 1), "empty file: nothing is declared",
+            self.col.error(Pos(self.path, 1, 1), "empty file: nothing is declared",
                            hint="start with `experiment NAME { ... }`")
             self.col.raise_if_any()
         files: list[ast.File] = []
         self._gather(main, [path], {path}, files)
         exps = main.experiments
         if not exps:
-            self.col.error(spec.Pos(self.path, 1, 1), "no `experiment NAME { ... }` block in this file")
+            self.col.error(Pos(self.path, 1, 1), "no `experiment NAME { ... }` block in this file")
         for extra in exps[1:]:
             self.col.error(extra.pos, f"a file declares one experiment; `{extra.name}` is a second one")
         # statements in order: imported files' top level, then this file's top level and block
@@ -113,7 +179,7 @@ class _Checker:
             first.setdefault(p.module, p)  # a plugin named by several files loads once
         plugins = list(first.values())
         self._load_plugins(plugins)
-        at = exps[0].pos if exps else spec.Pos(self.path, 1, 1)
+        at = exps[0].pos if exps else Pos(self.path, 1, 1)
         exp = self._experiment(exps[0].name if exps else "experiment", path, stmts, plugins, at)
         self.col.raise_if_any()
         return exp
@@ -133,7 +199,7 @@ class _Checker:
                 continue
             self.plugin_paths[-1] = where = self._plugin_dir(p)
             try:
-                with plugin_search([where]):
+                with perturb.plugin_search([where]):
                     perturb.load_plugins([p.module], entry_points=False)
             except CotError as e:
                 for d in e.diagnostics:
@@ -148,10 +214,10 @@ class _Checker:
             self.col.error(None, f"a `cotdsl.perturbations` entry point failed: {type(e).__name__}: {e}")
 
     # ---- declarations ------------------------------------------------------------------------
-    def _experiment(self, name: str, path: str, stmts, plugins, at: spec.Pos) -> spec.Experiment:
-        decls: dict[str, dict[str, ast.Decl]] = {"data": {}, "teacher": {}, "student": {}}
+    def _experiment(self, name: str, path: str, stmts, plugins, at: Pos) -> spec.Experiment:
+        decls: dict[str, dict[str, ast.Decl]] = {kind: {} for kind in DECLS}
         targets: dict[str, ast.Target] = {}
-        sections: dict[str, dict[str, tuple[ast.Entry, str]]] = {s: {} for s in ("train", "eval", "probe")}
+        sections: dict[str, dict[str, ast.Entry]] = {s: {} for s in SECTIONS}
         present: set[str] = set()
         seen_in_file: set[tuple[str, int]] = set()
         seeds_stmt = None
@@ -167,12 +233,13 @@ class _Checker:
                 seen_in_file.add((s.kind, rank))
                 present.add(s.kind)
                 local: set[str] = set()
+                alias = {p.alias: p.name for p in SECTIONS[s.kind][1] if p.alias}
                 for e in s.entries:
-                    key = "lenses" if (s.kind, e.key) == ("probe", "lens") else e.key
+                    key = alias.get(e.name, e.name)
                     if key in local:
-                        self.col.error(e.pos, f"duplicate key `{e.key}` in `{s.kind}`")
+                        self.col.error(e.pos, f"duplicate key `{e.name}` in `{s.kind}`")
                     local.add(key)
-                    sections[s.kind][key] = (e, s.kind)  # the importer's value wins
+                    sections[s.kind][key] = e  # the importer's value wins
             elif isinstance(s, ast.Decl):
                 table = decls[s.kind]
                 if s.name in table:
@@ -197,31 +264,27 @@ class _Checker:
         if len(decls["teacher"]) > 1:
             extra = list(decls["teacher"].values())[1]
             self.col.error(extra.pos, "an experiment has exactly one teacher")
-        data = tuple(x for x in (self._decl(d, DATA, spec.Source) for d in decls["data"].values()) if x)
-        teachers = [x for x in (self._decl(d, TEACHER, spec.Teacher) for d in decls["teacher"].values()) if x]
-        students = tuple(x for x in (self._decl(d, STUDENT, spec.Student) for d in decls["student"].values()) if x)
-        train = spec.TrainCfg(**self._section(sections["train"], TRAIN, "train"))
-        evalc = spec.EvalCfg(**self._section(sections["eval"], EVAL, "eval"))
-        probe = spec.ProbeCfg(**self._section(sections["probe"], PROBE, "probe")) if "probe" in present else None
+        data, teachers, students = ([x for x in map(self._decl, decls[kind].values()) if x]
+                                    for kind in DECLS)
+        cfg = {kind: cls(**self._section(sections[kind], params, kind)) for kind, (cls, params) in SECTIONS.items()}
+        train, evalc, probe = cfg["train"], cfg["eval"], cfg["probe"] if "probe" in present else None
         seeds = self._seeds(seeds_stmt)
         conds: list[spec.Condition] = []
         for t in targets.values():
-            conds += self._target(t, evalc.by)
+            conds += build_conditions(t, evalc.by, self.col, self.notes)
         self._check_scorers(conds, teachers[0] if teachers else None)
         return spec.Experiment(
-            name=name, path=path, seeds=seeds, data=data, teacher=teachers[0] if teachers else None,
-            students=students, conditions=tuple(conds), train=train, eval=evalc, probe=probe,
+            name=name, path=path, seeds=seeds, data=tuple(data), teacher=teachers[0] if teachers else None,
+            students=tuple(students), conditions=tuple(conds), train=train, eval=evalc, probe=probe,
             plugins=tuple(p.module for p in plugins), plugin_paths=tuple(self.plugin_paths),
             notes=tuple(dict.fromkeys(self.notes)))
 
     def _check_scorers(self, conds: list[spec.Condition], teacher: spec.Teacher | None) -> None:
         """`keytokens(..., by: ig, scorer: X)`: X is "student", "teacher" (an hf teacher) or the
         name of a condition whose own training needs no IG ranking (so the DAG has no cycle)."""
-        from cotdsl.plan import ig_calls
-
         names = {c.name: c for c in conds}
         for cond in conds:
-            for call in ig_calls(cond):
+            for call in cond.ig_calls():
                 x = call.kw("scorer", "student")
                 if x == "student":
                     continue
@@ -232,7 +295,7 @@ class _Checker:
                 elif x not in names:
                     self.col.error(call.pos, f"unknown scorer `{x}`", hint=did_you_mean(x, list(names))
                                    or "`student`, `teacher` or the name of a target")
-                elif list(ig_calls(names[x])):
+                elif names[x].scorer() is not None:
                     self.col.error(call.pos, f"scorer `{x}` itself trains on IG key tokens",
                                    hint="score with a target that does not use `keytokens(..., by: ig)`")
 
@@ -241,7 +304,7 @@ class _Checker:
             return (0,)
         out = []
         for v in s.values:
-            x = coerce(v, P("seed", int, lo=0), self.col, "`seeds`")
+            x = coerce(v, Param("seed", int, lo=0), self.col, "`seeds`")
             if x is BAD:
                 continue
             if x in out:
@@ -249,11 +312,12 @@ class _Checker:
             out.append(x)
         return tuple(out)
 
-    def _base(self, d_pos: spec.Pos) -> Path:
+    def _base(self, d_pos: Pos) -> Path:
         return Path(os.path.dirname(os.path.abspath(d_pos.file))) if self.real or d_pos.file != self.path \
             else Path.cwd()
 
-    def _decl(self, d: ast.Decl, table: dict, cls):
+    def _decl(self, d: ast.Decl):
+        table, cls = DECLS[d.kind]
         v = d.value
         if isinstance(v, ast.Name):
             fn, call = v.id, ast.CallV(v.id, (), (), v.pos)
@@ -267,66 +331,38 @@ class _Checker:
             self.col.error(v.pos, f"unknown {d.kind} kind `{fn}`", expected=[f"`{k}`" for k in table],
                            hint=did_you_mean(fn, table))
             return None
-        args = bind(call, table[fn], self.col, f"`{d.kind} {fn}`", base=self._base(d.pos))
+        sig = Signature(f"`{d.kind} {fn}`", table[fn])
+        args = bind(call, sig, self.col, base=self._base(d.pos))
         if args is None:
             return None
-        out = cls(d.name, fn, tuple(args.items()), d.pos)
+        out = cls(d.name, fn, tuple((k, x) for k, x in args.items() if x is not None), d.pos)
         if d.kind in ("data", "teacher"):
-            from cotdsl.check_data import preflight  # reads only the files' headers / first rows
-            preflight(out, arg_values(call, table[fn]), self.col)
+            from .data import preflight  # reads only the files' headers / first rows
+            preflight(out, arg_values(call, sig), self.col)
         return out
 
-    def _section(self, entries: dict, table: tuple, kind: str) -> dict:
-        params = {p.name: p for p in table}
+    def _section(self, entries: dict[str, ast.Entry], params: tuple[Param, ...], kind: str) -> dict:
+        by_name = {p.name: p for p in params}
         out = {}
-        for key, (e, _) in entries.items():
-            p = params.get(key)
+        for key, e in entries.items():
+            p = by_name.get(key)
             if p is None:
-                self.col.error(e.pos, f"unknown key `{e.key}` in `{kind}`",
-                               expected=[f"`{k}`" for k in params], hint=did_you_mean(e.key, params))
+                self.col.error(e.pos, f"unknown key `{e.name}` in `{kind}`",
+                               expected=[f"`{k}`" for k in by_name], hint=did_you_mean(e.name, by_name))
                 continue
             if p.type == "list":
-                vals = [coerce(v, P(key, str, choices=p.choices), self.col, f"`{kind}`") for v in e.values]
+                vals = [coerce(v, Param(key, str, choices=p.choices), self.col, f"`{kind}`") for v in e.values]
                 if vals and BAD not in vals:
                     out[key] = tuple(dict.fromkeys(vals))
                 continue
             if len(e.values) != 1:
                 self.col.error(e.values[1].pos if len(e.values) > 1 else e.pos,
-                               f"`{e.key}` takes one value, got {len(e.values)}")
+                               f"`{e.name}` takes one value, got {len(e.values)}")
                 continue
             x = coerce(e.values[0], p, self.col, f"`{kind}`")
             if x is not BAD:
                 out[key] = x
         return out
-
-    # ---- targets -----------------------------------------------------------------------------
-    def _target(self, t: ast.Target, eval_by: str) -> list[spec.Condition]:
-        return build_conditions(t, eval_by, self.col, self.notes)
-
-
-@contextlib.contextmanager
-def plugin_search(dirs):
-    """Put `dirs` (empty entries skipped) first on sys.path while importing plugins, then take
-    exactly those entries out again: a spec's folder must not stay importable for everything."""
-    added = [d for d in dict.fromkeys(dirs) if d]
-    sys.path[:0] = added
-    try:
-        yield
-    finally:
-        for d in added:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(d)
-
-
-def import_plugins(exp: spec.Experiment) -> list[str]:
-    """Import a checked experiment's plugins in this process (e.g. a worker), each from the
-    folder `check` found it in; returns the perturbations added."""
-    paths = exp.plugin_paths or ("",) * len(exp.plugins)
-    added = []
-    for module, where in zip(exp.plugins, paths):
-        with plugin_search([where]):
-            added += perturb.load_plugins([module], entry_points=False)
-    return added
 
 
 _EXAMPLE = {"data": 'data toy = builtin("facts", train: 400, test: 200)', "teacher": "teacher gold = gold",

@@ -1,8 +1,10 @@
 """The fast path of `parse.parse_source`: lex and LALR-parse in one loop, building the AST inline.
 
-lark's own `Lark.parse` costs about three times as much on a 1,000-line spec: a Token object per
-whitespace run, a parse-tree node per rule (plus position propagation), then a second pass to
-turn the tree into dataclasses. This driver reads the *same* tables lark built for the grammar:
+lark's own `Lark.parse` costs about 1.5 times as much on bench/parse_speed.py's 1,000-line spec
+with the transformer run inline (178 vs 117 ms, docs/design.md), which takes parse + check over
+its 0.2 s budget, and nearly three times as much building a tree first: a Token object per
+whitespace run and lark's per-token machinery. This driver reads the *same* tables lark built
+for the grammar:
 
 - per LALR state, the contextual lexer's terminal set (its compiled alternation, in lark's
   priority order, and its keyword callbacks), so tokens are exactly those of lark's
@@ -12,11 +14,12 @@ turn the tree into dataclasses. This driver reads the *same* tables lark built f
   transformer per parse, so `?rule` inlining, `[]` placeholders and `!rule` tokens are lark's.
 
 It only handles the happy path: on the first unexpected character or token it raises
-`Fallback`, and `parse_source` re-parses with lark itself (error recovery, messages). Nothing
-it produces differs from the lark path; `tests/test_parse_fast.py` checks that on every spec and
-on generated and mutated ones. It touches lark internals (`_parse_tree_builder`,
-`ParsingFrontend.parser._parse_table`, `ContextualLexer.lexers`); if a lark version moves them,
-`FastParser.build` returns None and every parse takes the lark path.
+`Fallback`, and `parse_source` re-parses with lark itself (error recovery, messages); any other
+exception (a bug in the transformer) propagates as it is. Nothing it produces differs from the
+lark path; `tests/lang/test_parse_fast.py` checks that on every spec and on generated and mutated
+ones. It touches lark internals (`_parse_tree_builder`, `ParsingFrontend.parser._parse_table`,
+`ContextualLexer.lexers`); if a lark version moves them, `FastParser.build` returns None and
+every parse takes the lark path.
 """
 from __future__ import annotations
 
@@ -94,38 +97,43 @@ class FastParser:
         value_stack: list = []
         pos, line, line_start, n = 0, 1, 0, len(text)
         new_str = str.__new__
-        while pos < n:
-            match, unless, ignore, newline = lexers[state_stack[-1]]
-            m = match(text, pos)
-            if m is None:
-                raise Fallback
-            typ, end = m.lastgroup, m.end()
-            if typ in ignore:
-                if typ in newline and (k := text.count("\n", pos, end)):
+        while True:
+            if pos < n:
+                match, unless, ignore, newline = lexers[state_stack[-1]]
+                m = match(text, pos)
+                if m is None:
+                    raise Fallback
+                typ, end = m.lastgroup, m.end()
+                if typ in ignore:
+                    if typ in newline and (k := text.count("\n", pos, end)):
+                        line += k
+                        line_start = text.rindex("\n", pos, end) + 1
+                    pos = end
+                    continue
+                # Token(...) goes through two Python-level constructors; this is the same object
+                value = m.group()
+                tok = new_str(Token, value)
+                tok.type, tok.value, tok.start_pos, tok.end_pos = typ, value, pos, end
+                tok.line = tok.end_line = line
+                tok.column, tok.end_column = pos - line_start + 1, end - line_start + 1
+                if typ in newline and (k := text.count("\n", pos, end)):  # no such terminal today
                     line += k
                     line_start = text.rindex("\n", pos, end) + 1
+                    tok.end_line, tok.end_column = line, end - line_start + 1
+                if typ in unless:
+                    tok = unless[typ](tok)  # a NAME that is a keyword in this state
+                    typ = tok.type
                 pos = end
-                continue
-            # Token(...) goes through two Python-level constructors; this is the same object
-            value = m.group()
-            tok = new_str(Token, value)
-            tok.type, tok.value, tok.start_pos, tok.end_pos = typ, value, pos, end
-            tok.line = tok.end_line = line
-            tok.column, tok.end_column = pos - line_start + 1, end - line_start + 1
-            if typ in newline and (k := text.count("\n", pos, end)):  # no such terminal today
-                line += k
-                line_start = text.rindex("\n", pos, end) + 1
-                tok.end_line, tok.end_column = line, end - line_start + 1
-            if typ in unless:
-                tok = unless[typ](tok)  # a NAME that is a keyword in this state
-                typ = tok.type
-            pos = end
+            else:  # end of input: reduce until the start rule is complete
+                typ, tok = "$END", None
             while True:  # lark's ParserState.feed_token, inlined
                 try:
                     is_shift, arg = states[state_stack[-1]][typ]
                 except KeyError:
                     raise Fallback from None
                 if is_shift:
+                    if tok is None:  # pragma: no cover - lark never shifts $END
+                        raise Fallback
                     state_stack.append(arg)
                     value_stack.append(tok)
                     break
@@ -138,21 +146,5 @@ class FastParser:
                     children = []
                 value_stack.append(callbacks[rule](children))
                 state_stack.append(states[state_stack[-1]][lhs][1])
-        while True:  # end of input: reduce until the start rule is complete
-            try:
-                is_shift, arg = states[state_stack[-1]]["$END"]
-            except KeyError:
-                raise Fallback from None
-            if is_shift:  # pragma: no cover - lark never shifts $END
-                raise Fallback
-            size, lhs, rule = arg
-            if size:
-                children = value_stack[-size:]
-                del state_stack[-size:]
-                del value_stack[-size:]
-            else:
-                children = []
-            value_stack.append(callbacks[rule](children))
-            state_stack.append(states[state_stack[-1]][lhs][1])
-            if state_stack[-1] == end_state:
-                return value_stack[-1]
+                if tok is None and state_stack[-1] == end_state:
+                    return value_stack[-1]

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from cotdsl.check import check_source
-from cotdsl.fmt import format_source
+from cotdsl.lang.check import check_source
+from cotdsl.lang.fmt import format_source
 
-SPECS = sorted((Path(__file__).resolve().parent.parent / "specs").glob("**/*.cot"))
+SPECS = sorted((Path(__file__).resolve().parents[2] / "specs").glob("**/*.cot"))
 
 MESSY = '''# header comment
 experiment   e{seeds 0,1

@@ -1,0 +1,107 @@
+"""Integrated Gradients speed on the real student: the fast path vs captum one example at a time.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/ig_speed.py [--n 8] [--steps 20] [--baseline pad]
+        [--repeats 3] [--threads N] [--json out.json]
+
+SmolLM2-135M-Instruct (fp32) scores log p(gold label | prompt + gold rationale + "So the answer
+is:") for --n embedded-task test examples (`generate("facts", test=n, seed=0)` and their gold
+rationales) with --steps Gauss-Legendre steps. Methods, on the same items, back to back in one
+process (interleaved per repeat, so load on a shared machine hits them alike):
+
+  captum        `ig_word_scores(..., method="captum", internal_batch_size=10)`: captum
+                LayerIntegratedGradients one example at a time, 10 steps per forward (the
+                default before the fast path; what bench/ig_baselines.py measured)
+  captum-ibs20  the same with all 20 steps in one forward (captum's own batching)
+  fast          `ig_word_scores(...)` with its defaults: the fixed prefix's KV cache computed
+                once, steps of several examples per forward over the rationale + label only
+
+Printed: seconds per example (min / median over repeats), the speed-up of each method over
+`captum` (min / median of per-repeat ratios), and against `captum` the max |word score|
+difference, the same relative to the example's max |word score|, and the max difference of
+f(x), f(baseline) and delta; plus whether the top-1 word is the same for every example.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SEP = "\nSo the answer is:"
+METHODS = {
+    "captum": dict(method="captum", internal_batch_size=10),
+    "captum-ibs20": dict(method="captum", internal_batch_size=20),
+    "fast": dict(method="fast"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=8, help="examples")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--baseline", default="pad", help="zero | pad | unk (pad: what keytokens(by: ig) uses)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--json", help="write the figures here")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from cotdsl.data.builtin import generate
+    from cotdsl.models import load_smollm2
+    from cotdsl.schema import format_prompt
+    from interp.attribution import IGItem, ig_word_scores
+
+    _, test = generate("facts", train=0, test=args.n, seed=0)
+    items = [IGItem(format_prompt(e), e.rationale, e.label) for e in test]
+    model, tok = load_smollm2()
+    n_tok = [len(tok(i.context + " " + i.rationale + SEP)["input_ids"]) for i in items]
+    print(f"SmolLM2-135M-Instruct fp32, {torch.get_num_threads()} torch threads, {len(items)} examples "
+          f"(prompt + rationale {min(n_tok)}-{max(n_tok)} tokens), baseline {args.baseline}, {args.steps} steps",
+          flush=True)
+
+    def run(m):
+        return ig_word_scores(model, tok, items, baseline=args.baseline, steps=args.steps, sep=SEP, **METHODS[m])
+
+    run("fast")  # warm-up (allocator, first-call overheads)
+    secs: dict[str, list[float]] = {m: [] for m in args.methods}
+    res = {}
+    for r in range(args.repeats):
+        for m in args.methods:
+            t0 = time.perf_counter()
+            res[m] = run(m)
+            secs[m].append((time.perf_counter() - t0) / len(items))
+        print(f"repeat {r + 1}: " + ", ".join(f"{m} {secs[m][-1]:.2f} s/example" for m in args.methods), flush=True)
+
+    ref_name = "captum" if "captum" in res else args.methods[0]
+    ref = res[ref_name]
+    out = {"n": len(items), "steps": args.steps, "baseline": args.baseline, "threads": torch.get_num_threads(),
+           "methods": {}}
+    print(f"\n| method | s / example (min / median) | × vs {ref_name} (min / median) | max abs word-score diff "
+          f"| max diff / max abs score | max diff f(x), f(b), delta | same top-1 word |")
+    print("|---|---|---|---|---|---|---|")
+    for m in args.methods:
+        ratios = [a / b for a, b in zip(secs[ref_name], secs[m])]
+        absd = max(abs(u - v) for x, y in zip(ref, res[m]) for u, v in zip(x.word_scores, y.word_scores))
+        reld = max(max(abs(u - v) for u, v in zip(x.word_scores, y.word_scores)) / max(map(abs, x.word_scores))
+                   for x, y in zip(ref, res[m]))
+        fd = max(max(abs(x.f_x - y.f_x), abs(x.f_baseline - y.f_baseline), abs(x.delta - y.delta))
+                 for x, y in zip(ref, res[m]))
+        top = all(x.top_words(1) == y.top_words(1) for x, y in zip(ref, res[m]))
+        out["methods"][m] = {"s_per_example": secs[m], "speedup": ratios, "max_abs_word_diff": absd,
+                             "max_rel_word_diff": reld, "max_f_delta_diff": fd, "same_top1": top}
+        print(f"| {m} | {min(secs[m]):.2f} / {statistics.median(secs[m]):.2f} | {min(ratios):.2f} / "
+              f"{statistics.median(ratios):.2f} | {absd:.1e} | {reld:.1e} | {fd:.1e} | {top} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
