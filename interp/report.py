@@ -11,9 +11,6 @@ from pathlib import Path
 
 import polars as pl
 
-from interp.commit import commit_layers
-from interp.lens import LensResult
-
 PROBS = {"p_gold": "P(gold label), full vocabulary",
          "choice_p_gold": "P(gold label), renormalised over choices"}
 
@@ -22,6 +19,9 @@ def to_frame(results) -> pl.DataFrame:
     """Long frame from `{condition: LensResult}` or `{lens: {condition: LensResult}}`."""
     if isinstance(results, pl.DataFrame):
         return results
+    # Imported here: reporting a saved frame (a cached run) must not pay for torch.
+    from interp.commit import commit_layers
+    from interp.lens import LensResult
     if not isinstance(results, dict) or not results:
         raise ValueError("report input must be a non-empty dict of LensResults or a polars frame")
     nested = {}

@@ -617,3 +617,17 @@ def test_probe_context_and_score_keys_are_checked():
         with pytest.raises(CotError) as e:
             check_source(PROBE_TARGETS.replace("lens: logit", f"lens: logit; {bad}"), "<probe>")
         assert bad.split(":")[0] in e.value.render()
+
+
+def test_a_fully_cached_rerun_imports_no_torch_and_redraws_nothing(env):
+    spec = write_spec(env)
+    only = ["target=none,after", "seed=0"]
+    assert run(spec, only=only, console=quiet()) == EXIT_OK
+    figs = env / "runs" / "tiny" / "figures"
+    before = {p.name: p.stat().st_mtime_ns for p in figs.iterdir()}
+    code = (f"import sys; from cotdsl.run import run; from rich.console import Console; import os; "
+            f"rc = run({str(spec)!r}, only={only!r}, console=Console(file=open(os.devnull, 'w'))); "
+            f"print(rc, sorted(m for m in ('torch', 'transformers', 'matplotlib.figure') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "0 []"
+    assert {p.name: p.stat().st_mtime_ns for p in figs.iterdir()} == before
