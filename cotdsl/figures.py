@@ -60,8 +60,8 @@ def accuracy(summary: pl.DataFrame, out_dir: Path, title: str) -> list[Path]:
     n = sorted({(r["n"] // max(1, r["seeds"]), r["seeds"]) for r in rows})
     size = "; ".join(f"n = {k} test examples × {s} seed{'s' if s > 1 else ''}" for k, s in n)
     ax.set_title(f"{title}  ({size})", fontsize=9)
-    fig.text(0.01, 0.005, "bars: 95% bootstrap CI over test examples; Δ: vs the no-rationale baseline, "
-             "paired by example, 95% CI", fontsize=6.5, color=GREY)
+    ax.set_xlabel("error bars: 95% bootstrap CI over test examples\n"
+                  "Δ: vs the no-rationale baseline, paired by example [95% CI]", fontsize=7, color=GREY)
     return _save(fig, out_dir, "accuracy")
 
 
