@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHES = ["parse_speed", "train_speed", "train_ddp", "lens_speed", "ig_baselines", "scale_out"]
+BENCHES = ["parse_speed", "train_speed", "train_ddp", "lens_speed", "ig_baselines", "ig_speed", "eval_speed", "scale_out"]
 
 if __name__ == "__main__":
     names = sys.argv[1:] or BENCHES

@@ -4,7 +4,11 @@ For each item the scored text is ``context + rationale + sep`` followed by ``" "
 (lm-evaluation-harness style: the continuation starts with a space). The target
 f(x) = sum of log p(label token_i | everything before it) under the scorer model.
 
-Attribution (captum ``LayerIntegratedGradients`` on ``model.get_input_embeddings()``):
+Attribution: layer Integrated Gradients on ``model.get_input_embeddings()``'s output, as captum
+``LayerIntegratedGradients`` computes it (Gauss-Legendre rule). The default ``method="fast"`` is a
+hand-written equivalent that runs the fixed prefix once (KV cache) and the steps of several
+items per forward; ``method="captum"`` calls captum one item at a time (the reference; the tests
+hold the two equal to 1e-4 of the largest score).
 
 * The path moves **only the rationale tokens' embeddings**. The baseline equals the input
   embedding at every other position, so those positions get exactly zero attribution and the
@@ -380,7 +384,8 @@ def _ig_fast(model, prep: list[_Prepared], base_id: int, steps: int, rows: int):
                 p_att[j, :prep[i].r0] = 1
             p_ids, p_att = p_ids.to(device), p_att.to(device)
             with torch.no_grad():
-                extra = {"logits_to_keep": 1} if keep_ok else {}
+                # logits of one position only (unused; an index tensor: see `_label_logprobs`)
+                extra = {"logits_to_keep": torch.tensor([p_ids.shape[1] - 1], device=device)} if keep_ok else {}
                 out = model(input_ids=p_ids, attention_mask=p_att, use_cache=True, **extra)
             cache_src = (p_att, _out_cache(out))
         new = [i for i in items if i not in fvals]

@@ -118,6 +118,62 @@ def test_internal_batch_size_and_determinism(model, tok):
         assert x.word_scores == pytest.approx(y.word_scores, abs=1e-5)
 
 
+# Items of different lengths: an empty context (no prefix to cache), a one-word rationale,
+# multi-token labels, so rows of one forward need padding in both the prefix and the suffix.
+MIXED = ITEMS + [
+    IGItem("", "the zorv is made of copper", "copper and nothing"),
+    IGItem("Q?", "sky", "blue light"),
+    IGItem("Question: what is the zorv made of? It is heavy.", "the zorv is made of copper and nothing else", "copper"),
+]
+
+
+def _close(ref, got, rel=1e-4):
+    """Scores within `rel` of the item's largest |score| (a per-token relative error blows up
+    on scores near zero); f values and delta to 1e-5 / 1e-4 nats."""
+    for r, g in zip(ref, got):
+        assert (g.words, g.tokens, g.token_word) == (r.words, r.tokens, r.token_word)
+        scale = max(map(abs, r.token_scores))
+        assert scale > 0
+        assert g.token_scores == pytest.approx(r.token_scores, abs=rel * scale)
+        assert g.word_scores == pytest.approx(r.word_scores, abs=rel * scale)
+        assert g.f_x == pytest.approx(r.f_x, abs=1e-5)
+        assert g.f_baseline == pytest.approx(r.f_baseline, abs=1e-5)
+        assert g.delta == pytest.approx(r.delta, abs=1e-4)
+        assert g.top_words(3) == r.top_words(3)
+
+
+@pytest.mark.parametrize("baseline", ["zero", "pad", "unk"])
+def test_fast_equals_captum_per_example(model, tok, baseline):
+    """The default fast path (cached prefix, several items per forward) gives captum's
+    LayerIntegratedGradients scores, f values and delta, for any rows-per-forward."""
+    ref = ig_word_scores(model, tok, MIXED, baseline=baseline, steps=12, method="captum", internal_batch_size=12)
+    for rows in (1, 7, 12, 100):  # part of one item's steps, straddling items, one item, all items
+        _close(ref, ig_word_scores(model, tok, MIXED, baseline=baseline, steps=12, internal_batch_size=rows))
+    assert all(r.meta["method"] == "captum" for r in ref)
+    assert ig_word_scores(model, tok, MIXED[:1], steps=2)[0].meta["method"] == "fast"
+
+
+def test_fast_equals_captum_grouped_query_attention(tok):
+    """SmolLM2 shares keys/values across heads (GQA): the expanded prefix cache stays exact."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=6, num_key_value_heads=2, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True)
+    m = LlamaForCausalLM(cfg).eval()
+    ref = ig_word_scores(m, tok, MIXED, baseline="unk", steps=8, method="captum")
+    _close(ref, ig_word_scores(m, tok, MIXED, baseline="unk", steps=8, internal_batch_size=10))
+
+
+def test_fast_order_and_empty_input(model, tok):
+    """Results come back in the items' order whatever the internal sorting; no items, no work."""
+    one = [ig_word_scores(model, tok, [it], steps=6)[0] for it in MIXED]
+    both = ig_word_scores(model, tok, MIXED, steps=6, internal_batch_size=9)
+    _close(one, both, rel=1e-5)
+    assert ig_word_scores(model, tok, [], steps=6) == []
+
+
 def test_params_restored(model, tok):
     model.train()
     ig_word_scores(model, tok, ITEMS[:1], steps=2)
@@ -139,6 +195,7 @@ def test_json_round_trip_and_summary(model, tok):
     (dict(baseline="mean"), "unknown baseline"),
     (dict(steps=0), "steps"),
     (dict(internal_batch_size=0), "internal_batch_size"),
+    (dict(method="riemann"), "unknown method"),
 ])
 def test_bad_arguments(model, tok, kwargs, msg):
     with pytest.raises(ValueError, match=msg):
@@ -176,6 +233,10 @@ def test_smollm2_runs():
     assert all(map(lambda x: x == x and abs(x) < 1e4, r.word_scores))
     assert sum(r.token_scores) - (r.f_x - r.f_baseline) == pytest.approx(r.delta, abs=1e-3)
     assert r.f_x < 0 and r.f_x > -20
+    ref = ig_word_scores(model, tok, [item], baseline="zero", steps=4, method="captum", sep="\nSo the answer is:")[0]
+    scale = max(map(abs, ref.token_scores))
+    assert r.token_scores == pytest.approx(ref.token_scores, abs=1e-3 * scale)
+    assert r.f_x == pytest.approx(ref.f_x, abs=1e-4) and r.f_baseline == pytest.approx(ref.f_baseline, abs=1e-4)
 
 
 # ---- interp.view: the terminal view and the PNG of one example ----
