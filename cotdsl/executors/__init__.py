@@ -204,7 +204,13 @@ class _View:
 
     def start(self, job):
         task = self.tasks[job.id] = self.prog.add_task(escape(job.label), total=None)
-        return lambda i, n: self.prog.update(task, completed=i, total=n)
+
+        def progress(i: int, n: int) -> None:
+            # A worker's last messages can arrive after its result: the bar may be gone by then.
+            if self.tasks.get(job.id) == task:
+                self.prog.update(task, completed=i, total=n)
+
+        return progress
 
     def retry(self, job, cause: str) -> None:
         self.prog.console.print(f"[yellow]↻[/] {escape(job.label)}: worker crashed ({escape(cause)}); retrying")
