@@ -5,7 +5,9 @@ plus the summaries a report needs (accuracy, mean ± std over seeds, paired boot
 token log-probs given the context (`acc` = argmax), `acc_norm` = argmax of score / len(choice
 text in characters). Unlike the harness (one full forward per choice) the context of a question
 runs once; its KV cache is then index-expanded to that question's choices and only the choice
-tokens run — identical numbers (tested against the naive computation), ~C× less context compute.
+tokens but the last run (none when all choices are one token) — identical numbers (tested against
+the naive computation), ~C× less context compute (bench/eval_speed.py: 3.2–3.7× faster than the
+harness's one request per choice on SmolLM2, same acc and acc_norm).
 """
 from __future__ import annotations
 
