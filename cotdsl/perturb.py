@@ -10,6 +10,7 @@ the same way, from a module a spec names with `plugin "pkg.module"` or through t
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib
 import importlib.metadata
 import math
@@ -74,6 +75,13 @@ def perturbation(name: str | None = None, *, params: Sequence[Param] = (), unit:
 # and returns a list of units; rendering rejoins them (words with " ", tokens with the tokenizer's
 # `convert_tokens_to_string`). None of them may see the label: the checker forbids it and
 # `render` refuses it again.
+
+
+def stable_seed(*parts: Any) -> int:
+    """A seed from a SHA-256 of `parts` (Python's `hash()` is salted per process): the same in any
+    process and order, so renders are reproducible."""
+    h = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(h[:8], "big")
 
 
 def count_of(p: float, n: int) -> int:
@@ -201,8 +209,9 @@ def rank_words(ex: Any, by: str, words: Sequence[str] | None = None) -> list[flo
     raise ValueError(f"unknown ranking source {by!r} (ig | placeholder | field:NAME)")
 
 
-def _token_units(tok, text: str) -> tuple[list[str], list[tuple[int, int]] | None]:
-    """The tokenizer's tokens of `text` and, for fast tokenizers, their character offsets."""
+def token_units(tok, text: str) -> tuple[list[str], list[tuple[int, int]] | None]:
+    """The tokenizer's tokens of `text` (the units of a `unit: token` call) and, for fast
+    tokenizers, their character offsets (None for slow ones)."""
     try:
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
         return tok.convert_ids_to_tokens(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
@@ -210,15 +219,16 @@ def _token_units(tok, text: str) -> tuple[list[str], list[tuple[int, int]] | Non
         return tok.tokenize(text), None
 
 
-def _spread(tok, text: str, word_scores: Sequence[float]) -> list[float]:
-    """Word scores -> one score per token of `text`: each token takes the score of the word its
-    first non-space character falls in (a pure-whitespace token takes the next word's)."""
+def spread_scores(tok, text: str, word_scores: Sequence[float]) -> list[float]:
+    """Word scores (one per whitespace word of `text`) -> one score per token of `text`, for
+    rankings of `unit: token` calls: each token takes the score of the word its first non-space
+    character falls in (a pure-whitespace token takes the next word's)."""
     words, starts, pos = text.split(), [], 0
     for w in words:
         pos = text.index(w, pos)
         starts.append((pos, pos + len(w)))
         pos += len(w)
-    toks, offsets = _token_units(tok, text)
+    toks, offsets = token_units(tok, text)
     if offsets is None:  # slow tokenizer: tokenise word by word (approximate but aligned)
         out = []
         for i, w in enumerate(words):

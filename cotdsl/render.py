@@ -21,15 +21,13 @@ ids, as in lm-evaluation-harness) sees the very tokens training saw. Joining rul
 """
 from __future__ import annotations
 
-import hashlib
 import random
-import unicodedata
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from cotdsl import perturb
-from cotdsl.perturb import _spread, _token_units, rank_words  # noqa: F401  (rank_words is public here too)
-from cotdsl.schema import Example, format_prompt
+from cotdsl.perturb import rank_words, spread_scores, stable_seed, token_units  # noqa: F401  (public here too)
+from cotdsl.schema import Example, format_prompt, norm_text
 from cotdsl.spec import Call, Condition, Lit, Ref, Task, reads
 
 Rankings = Mapping[str, Mapping[str, Sequence[float]]]
@@ -60,12 +58,6 @@ class EvalContext:
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-def stable_seed(*parts: Any) -> int:
-    """A seed from a stable hash (`hash()` is salted per process)."""
-    h = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(h[:8], "big")
-
-
 def _join_words(units: list[str], specials: frozenset[str]) -> str:
     """Rejoin word units with spaces, except that a special token (a mask/unk fill) is attached
     without one: byte-level tokenizers turn " <mask>" into two tokens ("Ġ", "<mask>"), so this
@@ -134,12 +126,12 @@ class _Env:
             text, kind = self.eval(inp, path + ".0")
         else:
             inp, text, kind = None, "", call.fn
-        units = text.split() if unit == "word" else _token_units(self.tok, text)[0]
+        units = text.split() if unit == "word" else token_units(self.tok, text)[0]
 
         def ranker(by: str) -> list[float]:
             words = text.split()
             scores = self.word_scores(by, inp, words)
-            return scores if unit == "word" else _spread(self.tok, text, scores)
+            return scores if unit == "word" else spread_scores(self.tok, text, scores)
 
         rng = random.Random(stable_seed(self.seed, self.ex.id, self.cond.name, self.task_idx, path))
         ctx = perturb.Ctx(rng=rng, mask_token=self.mask_token, example=self.ex, ranker=ranker,
@@ -147,19 +139,25 @@ class _Env:
         out = list(pert.fn(units, ctx, **params))
         if unit == "word":
             joined = _join_words(out, self.specials)
-        else:  # edge whitespace (a leading "Ġ") is dropped: separating segments is _pieces' job
+        else:  # edge whitespace (a leading "Ġ") is dropped: separating segments is join_segments' job
             joined = self.tok.convert_tokens_to_string(out).strip() if out else ""
         return joined, kind
 
 
 # ---- assembling a sequence --------------------------------------------------------------------
-def _ids(tok, text: str) -> list[int]:
+def token_ids(tok, text: str) -> list[int]:
+    """The ids of `text` tokenised on its own, no special tokens added ([] for ""): how every piece
+    of a sequence is tokenised."""
     return list(tok(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
-def _pieces(segs: list[tuple[str, str, bool]], specials: frozenset[str] = frozenset()) -> list[tuple[str, str, bool, int]]:
-    """Rendered segments (kind, text, is_literal) -> pieces (kind, text, is_label, seg index)
-    following the joining rules of the module docstring."""
+def join_segments(segs: list[tuple[str, str, bool]],
+                  specials: frozenset[str] = frozenset()) -> list[tuple[str, str, bool, int]]:
+    """Rendered segments (kind, text, is_literal) -> the pieces that are tokenised one by one
+    (kind, text, is_label, segment index; -1 for an inserted separator), following the joining
+    rules of the module docstring: the leading space after "Answer:", "\\n" separators, literals'
+    trailing spaces moved to the next segment, empty segments left out. `specials`: the
+    tokenizer's special tokens (no leading space before one)."""
     out: list[tuple[str, str, bool, int]] = []
     carry, prev_lit = None, None  # carry: spaces moved from a literal's end to the next segment
     for i, (kind, text, is_lit) in enumerate(segs):
@@ -192,12 +190,12 @@ def _sequence(tok, prompt: str, pieces: list[tuple[str, str, bool, int]]):
     """-> (ids, loss_mask, spans, label_span, text); the eos id closes the sequence."""
     if tok.eos_token_id is None:
         raise ValueError("the tokenizer has no eos token; rendering needs one to end targets")
-    ids = _ids(tok, prompt)
+    ids = token_ids(tok, prompt)
     mask = [0] * len(ids)
     spans = [("prompt", 0, len(ids))]
     label_span = None
     for kind, text, is_label, _ in pieces:
-        piece = _ids(tok, text)
+        piece = token_ids(tok, text)
         start = len(ids)
         ids += piece
         mask += [1] * len(piece)
@@ -220,7 +218,7 @@ def _render_task(ex: Example, cond: Condition, tok, seed: int, ti: int, task: Ta
             raise ValueError("perturbations never apply to the label")
         segs.append((kind, text, isinstance(seg, (Lit, str))))
     prompt = task.prefix + format_prompt(ex)
-    out = _sequence(tok, prompt, _pieces(segs, env.specials))
+    out = _sequence(tok, prompt, join_segments(segs, env.specials))
     if max_len is not None and len(out[0]) > max_len:
         out = _shorten(tok, prompt, task, segs, max_len, ex, env.specials)
     ids, mask, spans, label_span, text = out
@@ -237,7 +235,7 @@ def _shorten(tok, prompt, task, segs, max_len, ex, specials):
 
         def fits(n: int) -> bool:
             trial = segs[:i] + [(kind, " ".join(words[i][:n]), is_lit)] + segs[i + 1:]
-            return len(_sequence(tok, prompt, _pieces(trial, specials))[0]) <= max_len
+            return len(_sequence(tok, prompt, join_segments(trial, specials))[0]) <= max_len
 
         lo, hi = 0, len(words[i])  # invariant: fits(hi) is False
         if fits(0):
@@ -245,9 +243,9 @@ def _shorten(tok, prompt, task, segs, max_len, ex, specials):
                 mid = (lo + hi) // 2
                 lo, hi = (mid, hi) if fits(mid) else (lo, mid)
             segs[i] = (kind, " ".join(words[i][:lo]), is_lit)
-            return _sequence(tok, prompt, _pieces(segs, specials))
+            return _sequence(tok, prompt, join_segments(segs, specials))
         segs[i] = (kind, "", is_lit)
-    n = len(_sequence(tok, prompt, _pieces(segs, specials))[0])
+    n = len(_sequence(tok, prompt, join_segments(segs, specials))[0])
     raise ValueError(f"example {ex.id!r} needs {n} tokens without its rationale, more than max_len={max_len}")
 
 
@@ -276,7 +274,7 @@ def eval_context(ex: Example, cond: Condition, tok, *, seed: int) -> EvalContext
     choice_ids = []
     context = None
     for choice in ex.choices:
-        pieces = _pieces(segs + [("label", choice, False)], env.specials)
+        pieces = join_segments(segs + [("label", choice, False)], env.specials)
         ids, _, spans, label_span, _ = _sequence(tok, prompt, pieces)
         context = context if context is not None else ids[:label_span[0]]
         choice_ids.append(ids[label_span[0]:label_span[1]])
@@ -285,18 +283,13 @@ def eval_context(ex: Example, cond: Condition, tok, *, seed: int) -> EvalContext
 
 def generation_prompt_ids(ex: Example, cond: Condition, tok) -> list[int]:
     """The ids a generating evaluator continues: the first task's prefix + prompt, no eos/bos."""
-    return _ids(tok, cond.tasks[0].prefix + format_prompt(ex))
-
-
-def _norm(s: str) -> str:
-    s = "".join(" " if unicodedata.category(c).startswith("P") else c for c in s.lower())
-    return " ".join(s.split())
+    return token_ids(tok, cond.tasks[0].prefix + format_prompt(ex))
 
 
 def _match(candidate: str, ex: Example) -> int | None:
-    c = _norm(candidate)
+    c = norm_text(candidate)
     for i, choice in enumerate(ex.choices):
-        if c and c == _norm(choice):
+        if c and c == norm_text(choice):
             return i
     return None
 

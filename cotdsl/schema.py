@@ -5,6 +5,7 @@ rationales; rendering and evaluation read only these fields.
 """
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field, replace
 
 LETTERS = "ABCDEFGHIJ"
@@ -46,3 +47,44 @@ def format_prompt(ex: Example) -> str:
     lines += [f"{LETTERS[i]}: {c}" for i, c in enumerate(ex.choices)]
     lines.append("Answer:")
     return "\n".join(lines)
+
+
+# ---- comparing text with choices ----------------------------------------------------------------
+def _normed(text: str) -> tuple[str, list[int]]:
+    """`norm_text(text)` and, for each of its characters, the index in `text` it comes from."""
+    chars: list[str] = []
+    where: list[int] = []
+    for i, ch in enumerate(text):
+        for c in " " if unicodedata.category(ch).startswith("P") else ch.lower():
+            if not c.isspace():
+                chars.append(c)
+                where.append(i)
+            elif chars and chars[-1] != " ":
+                chars.append(" ")
+                where.append(i)
+    if chars and chars[-1] == " ":
+        chars.pop()
+        where.pop()
+    return "".join(chars), where
+
+
+def norm_text(text: str) -> str:
+    """Lower case, every punctuation character a space, whitespace runs one space, no edge spaces:
+    how a generated answer or a rationale is compared with a choice ("On the mat." ~ "on the mat")."""
+    return _normed(text)[0]
+
+
+def mentions(text: str, phrase: str) -> list[tuple[int, int]]:
+    """Character spans `[start, end)` of `text` where `phrase` occurs as whole words, up to case,
+    punctuation and whitespace (`norm_text` equality), left to right, not overlapping; [] when
+    `phrase` has no words. "the mat" is mentioned in "On the mat, warm." but not in "the matter"."""
+    hay, where = _normed(text)
+    needle = norm_text(phrase)
+    out: list[tuple[int, int]] = []
+    if not needle:
+        return out
+    padded, pos = f" {hay} ", 0
+    while (j := padded.find(f" {needle} ", pos)) != -1:  # j: where the match starts in `hay`
+        out.append((where[j], where[j + len(needle) - 1] + 1))
+        pos = j + len(needle) + 1
+    return out

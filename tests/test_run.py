@@ -492,7 +492,7 @@ def test_probe_context_gold_and_none_and_label_first(probe_setup):
     from dataclasses import replace
 
     from cotdsl.jobs.stages import _probe_batch
-    from cotdsl.render import _ids, eval_context, generation_prompt_ids, render
+    from cotdsl.render import eval_context, generation_prompt_ids, render, token_ids
 
     conds, ex, tok = probe_setup
     cond = conds["before"]
@@ -507,7 +507,7 @@ def test_probe_context_gold_and_none_and_label_first(probe_setup):
     for name in ("before", "unk3", "none"):  # none: right after the prompt, whatever the target
         (item,), _ = _probe_batch([ex], conds[name], tok, 0, context="none")
         assert item["context"] == "prompt" and item["context_ids"] == generation_prompt_ids(ex, conds[name], tok)
-        assert item["choice_ids"] == [_ids(tok, " " + c) for c in ex.choices]
+        assert item["choice_ids"] == [token_ids(tok, " " + c) for c in ex.choices]
     for mode in ("generated", "gold"):  # label first: rank evaluation's context, no rationale involved
         for name in ("none", "after", "unk3"):
             (item,), _ = _probe_batch([replace(ex, rationale=None)], conds[name], tok, 0, context=mode, generated={})

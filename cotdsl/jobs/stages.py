@@ -324,13 +324,13 @@ def _label_piece(cond, tok, choice: str, first: bool = False) -> str:
     spaces a literal before it leaves ("...is:" + " white"); only the target's literals matter,
     not the rationale's text, so no rationale is needed. `first`: as if the label came right
     after the prompt (`probe { context: none }`)."""
-    from ..render import _pieces
+    from ..render import join_segments
     from ..spec import Lit
 
     task = cond.tasks[0]
     segs = [] if first else [("literal", s.text if isinstance(s, Lit) else s, True) if isinstance(s, (Lit, str))
                              else ("rationale", "x", False) for s in task.segments[:task.label_index()]]
-    pieces = _pieces(segs + [("label", choice, False)], frozenset(getattr(tok, "all_special_tokens", ()) or ()))
+    pieces = join_segments(segs + [("label", choice, False)], frozenset(getattr(tok, "all_special_tokens", ()) or ()))
     return next(p[1] for p in pieces if p[2])
 
 
@@ -363,10 +363,9 @@ def _answer_cut(text: str, cond, lead: str) -> int | None:
 
 def _names_choice(text: str, choices) -> bool:
     """Whether `text` contains one of the choices as whole words (case and punctuation ignored)."""
-    from ..render import _norm
+    from ..schema import mentions
 
-    t = f" {_norm(text)} "
-    return any(_norm(c) and f" {_norm(c)} " in t for c in choices)
+    return any(mentions(text, c) for c in choices)
 
 
 def _probe_batch(test, cond, tok, seed, *, context: str = "generated", generated: dict | None = None):
@@ -382,7 +381,7 @@ def _probe_batch(test, cond, tok, seed, *, context: str = "generated", generated
     prompt, for every target."""
     from dataclasses import replace
 
-    from ..render import _ids, eval_context, generation_prompt_ids, parse_answer, render
+    from ..render import eval_context, generation_prompt_ids, parse_answer, render, token_ids
 
     items, skipped = [], {"unparsed": 0, "no rationale": 0}
     for e in test:
@@ -394,7 +393,7 @@ def _probe_batch(test, cond, tok, seed, *, context: str = "generated", generated
                         context="label first" if context != "none" else "prompt")
         elif context == "none":
             item.update(context_ids=prompt, context="prompt",
-                        choice_ids=[_ids(tok, _label_piece(cond, tok, ch, first=True)) for ch in e.choices])
+                        choice_ids=[token_ids(tok, _label_piece(cond, tok, ch, first=True)) for ch in e.choices])
         elif context == "gold":  # teacher-force the gold rationale, render once per choice
             per_choice = [render(replace(e, answer=i), cond, tok, seed=seed)[0] for i in range(len(e.choices))] \
                 if e.rationale else []
@@ -415,7 +414,7 @@ def _probe_batch(test, cond, tok, seed, *, context: str = "generated", generated
             if cut is None:
                 skipped["unparsed"] += 1
                 continue
-            item.update(context_ids=prompt + _ids(tok, text[:cut]), choice_ids=[_ids(tok, p) for p in pieces],
+            item.update(context_ids=prompt + token_ids(tok, text[:cut]), choice_ids=[token_ids(tok, p) for p in pieces],
                         context="generated", text=text[:cut], names_choice=_names_choice(text[:cut], e.choices))
         items.append(item)
     return items, skipped
