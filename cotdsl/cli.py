@@ -76,7 +76,8 @@ def _segments(cond) -> str:
             return e.name
         if isinstance(e, spec.Lit):
             return repr(e.text)
-        args = [show(a) for a in e.args] + [f"{k}: {v}" for k, v in e.kwargs if v is not None]
+        args = [show(a) for a in e.args] + [f"{k}: {show(v) if isinstance(v, (spec.Ref, spec.Call)) else v}"
+                                            for k, v in e.kwargs if v is not None]
         return f"{e.fn}({', '.join(args)})"
 
     tasks = [(repr(t.prefix) + ": " if t.prefix else "") + " -> ".join(show(s) for s in t.segments)

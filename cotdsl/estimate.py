@@ -210,6 +210,8 @@ def segment_tokens(seg, p: Profile) -> float:
     nums = [a for a in seg.args if isinstance(a, (int, float)) and not isinstance(a, bool)]
     per_unit = 1.0 if kw.get("unit") == "token" else WORD_TOKENS
     if seg.fn == "unk":
+        if isinstance(kw.get("like"), Ref):  # unk(like: rationale): as many units as the rationale
+            return segment_tokens(kw["like"], p)
         return float(kw.get("n", nums[0] if nums else 0)) * per_unit
     if seg.fn in ("keytokens", "truncate"):
         n = kw.get("k", kw.get("n", nums[0] if nums else None))

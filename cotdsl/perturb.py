@@ -1,4 +1,4 @@
-"""The perturbation registry: what `shuffle(...)`, `mask(...)`, `unk(...)`, `keytokens(...)` mean.
+"""The perturbation registry: what `shuffle(...)`, `mask(...)`, `unk(...)`, `keytokens(...)`, `swap(...)` mean.
 
 A perturbation is one Python function over *units* (words by default, tokenizer tokens where
 asked) registered with `@perturbation`. The checker validates every call in a spec against the
@@ -24,6 +24,40 @@ from cotdsl.errors import CotError, Diagnostic
 from cotdsl.lang.params import REQUIRED, Param  # noqa: F401  (plugins import Param from here)
 
 
+class Split:
+    """The examples of one split in order (what a render job renders), for perturbations that read
+    *other* examples, such as `swap`. Build it once per split and pass it to every `render` call:
+    the seeded derangements it draws are cached per (seed, salt)."""
+
+    def __init__(self, examples: Sequence[Any]):
+        self.examples = list(examples)
+        self.index = {e.id: i for i, e in enumerate(self.examples)}
+        if len(self.index) != len(self.examples):
+            raise ValueError("a split's example ids must be unique")
+        self._perms: dict[tuple[int, str], list[int]] = {}
+
+    def derangement(self, seed: int, salt: str = "") -> list[int]:
+        """A uniformly random permutation of the split's positions with no fixed point, drawn from
+        (seed, salt, the split's ids in order): position i's partner is `out[i]`."""
+        key = (seed, salt)
+        if key not in self._perms:
+            n = len(self.examples)
+            if n < 2:
+                raise ValueError(f"a derangement needs at least 2 examples, the split has {n}")
+            rng = random.Random(stable_seed(seed, "derangement", salt, *self.index))
+            perm = list(range(n))
+            while any(i == j for i, j in enumerate(perm)):  # ~e tries on average
+                rng.shuffle(perm)
+            self._perms[key] = perm
+        return self._perms[key]
+
+    def partner(self, ex_id: str, seed: int, salt: str = "") -> Any:
+        """The example `ex_id` is paired with by `derangement(seed, salt)` (never itself)."""
+        if ex_id not in self.index:
+            raise ValueError(f"example {ex_id!r} is not in the split it is rendered with")
+        return self.examples[self.derangement(seed, salt)[self.index[ex_id]]]
+
+
 @dataclass
 class Ctx:
     """What a perturbation may use besides its units. `rng` is seeded from
@@ -34,9 +68,13 @@ class Ctx:
     example: Any = None  # schema.Example
     ranking: Sequence[float] | None = None  # one score per unit of the input (keytokens)
     extra: dict = field(default_factory=dict)
-    # ranker(by) -> one score per unit of this call's input, by "ig" | "field:NAME" | "placeholder";
-    # render builds it lazily so only calls that rank pay for it.
+    # ranker(by) -> one score per unit of this call's input, by "ig" | "field:NAME" | "placeholder"
+    # | "random"; render builds it lazily so only calls that rank pay for it.
     ranker: Callable[[str], Sequence[float]] | None = None
+    seed: int | None = None  # the run's seed: for choices shared by all examples (swap's pairing)
+    split: Split | None = None  # the examples rendered together with this one (render(split=...))
+    # input_of(other_example) -> this call's input rendered for another example, as units (swap)
+    input_of: Callable[[Any], list[str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -47,24 +85,28 @@ class Perturbation:
     unit: str = "word"  # word | token: the default unit; a call may override with `unit: token`
     takes_input: bool = True  # False for generators such as unk(n)
     doc: str = ""
+    one_of: tuple[tuple[str, ...], ...] = ()  # groups of params of which a call gives exactly one
 
 
 REGISTRY: dict[str, Perturbation] = {}
 
 
 def perturbation(name: str | None = None, *, params: Sequence[Param] = (), unit: str = "word",
-                 takes_input: bool = True):
+                 takes_input: bool = True, one_of: Sequence[Sequence[str]] = ()):
     """Register `fn(units: list[str], ctx: Ctx, **params) -> list[str]` under `name`.
 
     `params` are the parameters after the input, in positional order (a call may also pass them by
     keyword); `unit` is the default unit ("word" | "token"); generators (`takes_input=False`, like
-    `unk(n)`) receive an empty `units` list."""
+    `unk(n)`) receive an empty `units` list. A `Param` of type "field" takes a field of the example
+    (`unk(like: rationale)`); the function receives that field's units. `one_of` lists groups of
+    parameters of which every call must give exactly one (`unk`: `n` or `like`)."""
     if unit not in ("word", "token"):
         raise ValueError(f"unit must be 'word' or 'token', not {unit!r}")
 
     def deco(fn):
         key = name or fn.__name__
-        REGISTRY[key] = Perturbation(key, fn, tuple(params), unit, takes_input, (fn.__doc__ or "").strip())
+        REGISTRY[key] = Perturbation(key, fn, tuple(params), unit, takes_input, (fn.__doc__ or "").strip(),
+                                     tuple(tuple(g) for g in one_of))
         return fn
 
     return deco
@@ -118,25 +160,31 @@ def mask(units: list[str], ctx: Ctx, p: float, token: str | None = None) -> list
     return [fill if i in idx else u for i, u in enumerate(units)]
 
 
-@perturbation("unk", params=[Param("n", int, lo=0, doc="number of mask/unk units"), _TOKEN],
-              unit="token", takes_input=False)
-def unk(units: list[str], ctx: Ctx, n: int, token: str | None = None) -> list[str]:
+@perturbation("unk", params=[Param("n", int, lo=0, default=None, doc="number of mask/unk units"), _TOKEN,
+                             Param("like", "field", default=None, choices=("rationale",),
+                                   doc="as many units as this field has (instead of n)")],
+              unit="token", takes_input=False, one_of=[("n", "like")])
+def unk(units: list[str], ctx: Ctx, n: int | None = None, token: str | None = None,
+        like: list[str] | None = None) -> list[str]:
     """Generate n mask units (the tokenizer's mask token, else its unk token, else `token`), e.g.
-    `unk(20) -> label`. Takes no input (`units` is empty). Unit: token, so n special tokens are
-    exactly n ids; with `unit: word` they are joined by spaces (which tokenise separately)."""
-    return [_fill(ctx, token)] * n
+    `unk(20) -> label`; `unk(like: rationale)` generates as many as the example's rationale has
+    units (a length-matched, content-free control for `label -> rationale`). Takes no input
+    (`units` is empty). Unit: token, so n special tokens are exactly n ids; with `unit: word` they
+    are joined by spaces (which tokenise separately) and `like` counts words."""
+    return [_fill(ctx, token)] * (n if like is None else len(like))
 
 
 @perturbation("keytokens", params=[Param("k", int, lo=0, doc="units kept"),
                                    Param("by", str, default="ig",
-                                         doc='ranking source: "ig" | "placeholder" | "field:NAME"'),
+                                         doc='ranking source: "ig" | "random" | "placeholder" | "field:NAME"'),
                                    Param("scorer", str, default="student",
                                          doc='IG scorer: "student" (base student), "teacher" (an hf '
                                              'teacher) or a target name (its trained student)')])
 def keytokens(units: list[str], ctx: Ctx, k: int, by: str = "ig", scorer: str = "student") -> list[str]:
     """Keep the k highest-ranked units in their original order (ties: earlier unit first).
     The ranking comes from `by`: "ig" (Integrated Gradients scores computed by interp/ and passed
-    to render as `rankings`), "field:NAME" (words in the example's highlights / meta[NAME]) or
+    to render as `rankings`), "random" (seeded random scores per (seed, example): the control for
+    IG, needing no model), "field:NAME" (words in the example's highlights / meta[NAME]) or
     "placeholder" (a deterministic stand-in, not an attribution). `scorer` names the model IG
     attributes with; the planner computes that ranking and render passes it in. Unit: word."""
     if ctx.ranker is None and ctx.ranking is None:
@@ -168,6 +216,17 @@ def truncate(units: list[str], ctx: Ctx, n: int) -> list[str]:
     return units[:n]
 
 
+@perturbation("swap")
+def swap(units: list[str], ctx: Ctx) -> list[str]:
+    """Replace the input by the same input of another example of the split: the examples are paired
+    by a seeded derangement (never an example with itself; the same pairing for every condition at
+    a seed), so `label -> swap(rationale)` keeps the amount and style of rationale text but not its
+    content. The label stays the example's own. Unit: word."""
+    if ctx.split is None or ctx.input_of is None or ctx.seed is None:
+        raise ValueError("swap needs the other examples of the split: render(..., split=Split(examples))")
+    return ctx.input_of(ctx.split.partner(ctx.example.id, ctx.seed, "swap"))
+
+
 BUILTINS = frozenset(REGISTRY)
 
 
@@ -176,9 +235,12 @@ def _norm_word(w: str) -> str:
     return w.strip(string.punctuation + "“”‘’").lower()
 
 
-def rank_words(ex: Any, by: str, words: Sequence[str] | None = None) -> list[float]:
+def rank_words(ex: Any, by: str, words: Sequence[str] | None = None, seed: int | None = None) -> list[float]:
     """One score per whitespace word of `words` (default: the example's rationale).
 
+    by="random": uniform random scores drawn from (seed, example id) alone, so every condition at
+    a seed ranks an example's words alike and `keytokens(rationale, k, by: random)` keeps nested
+    word sets as k grows, like an IG ranking does; needs `seed`.
     by="field:NAME": 1.0 for words among the example's highlights (NAME "highlights" reads
     `ex.highlights`, any other NAME `ex.meta[NAME]`), else 0.0 (case/punctuation-insensitive).
     by="placeholder": a deterministic stand-in, NOT an attribution: longer words score higher,
@@ -198,6 +260,11 @@ def rank_words(ex: Any, by: str, words: Sequence[str] | None = None) -> list[flo
             marks = [marks]
         keys = {_norm_word(w) for m in marks for w in str(m).split()} - {""}
         return [1.0 if _norm_word(w) in keys else 0.0 for w in words]
+    if by == "random":
+        if seed is None:
+            raise ValueError("the random ranking needs a seed")
+        rng = random.Random(stable_seed(seed, ex.id, "keytokens:random"))
+        return [rng.random() for _ in words]
     if by == "placeholder":
         cores = [_norm_word(w) for w in words]
         freq: dict[str, int] = {}
@@ -206,7 +273,7 @@ def rank_words(ex: Any, by: str, words: Sequence[str] | None = None) -> list[flo
         return [len(c) / freq[c] if c else 0.0 for c in cores]
     if by == "ig":
         raise ValueError(f"no Integrated Gradients ranking for example {ex.id!r}: pass rankings['ig']")
-    raise ValueError(f"unknown ranking source {by!r} (ig | placeholder | field:NAME)")
+    raise ValueError(f"unknown ranking source {by!r} (ig | random | placeholder | field:NAME)")
 
 
 def token_units(tok, text: str) -> tuple[list[str], list[tuple[int, int]] | None]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from cotdsl import perturb
-from cotdsl.perturb import rank_words, spread_scores, stable_seed, token_units  # noqa: F401  (public here too)
+from cotdsl.perturb import Split, rank_words, spread_scores, stable_seed, token_units  # noqa: F401  (public here too)
 from cotdsl.schema import Example, format_prompt, norm_text
 from cotdsl.spec import Call, Condition, Lit, Ref, Task, reads
 
@@ -70,9 +70,10 @@ def _join_words(units: list[str], specials: frozenset[str]) -> str:
 
 # ---- evaluating target expressions ------------------------------------------------------------
 class _Env:
-    def __init__(self, ex: Example, cond: Condition, tok, seed: int, task_idx: int, rankings: Rankings | None):
+    def __init__(self, ex: Example, cond: Condition, tok, seed: int, task_idx: int, rankings: Rankings | None,
+                 split: Split | None = None):
         self.ex, self.cond, self.tok, self.seed, self.task_idx = ex, cond, tok, seed, task_idx
-        self.rankings = rankings or {}
+        self.rankings, self.split = rankings or {}, split
         self.mask_token = getattr(tok, "mask_token", None) or getattr(tok, "unk_token", None)
         self.specials = frozenset(getattr(tok, "all_special_tokens", ()) or ())
 
@@ -91,7 +92,7 @@ class _Env:
         if by == "ig":
             raise ValueError(f"no Integrated Gradients ranking for example {self.ex.id!r} "
                              f"(rankings['ig'] is {'missing' if table is None else 'missing this example'})")
-        return rank_words(self.ex, by, words)
+        return rank_words(self.ex, by, words, seed=self.seed)
 
     def eval(self, expr: Any, path: str) -> tuple[str, str]:
         """Render an expression -> (text, span kind)."""
@@ -126,16 +127,28 @@ class _Env:
             text, kind = self.eval(inp, path + ".0")
         else:
             inp, text, kind = None, "", call.fn
-        units = text.split() if unit == "word" else token_units(self.tok, text)[0]
+
+        def units_of(text: str) -> list[str]:
+            return text.split() if unit == "word" else token_units(self.tok, text)[0]
+
+        units = units_of(text)
+        for name, v in params.items():  # a "field" parameter (`unk(like: rationale)`): that field's units
+            if isinstance(v, (Ref, Call)):
+                params[name] = units_of(self.eval(v, f"{path}.{name}")[0])
 
         def ranker(by: str) -> list[float]:
             words = text.split()
             scores = self.word_scores(by, inp, words)
             return scores if unit == "word" else spread_scores(self.tok, text, scores)
 
+        def input_of(other: Example) -> list[str]:  # this call's input, rendered for another example
+            env = _Env(other, self.cond, self.tok, self.seed, self.task_idx, self.rankings, self.split)
+            return units_of(env.eval(inp, path + ".0")[0])
+
         rng = random.Random(stable_seed(self.seed, self.ex.id, self.cond.name, self.task_idx, path))
         ctx = perturb.Ctx(rng=rng, mask_token=self.mask_token, example=self.ex, ranker=ranker,
-                          extra={"unit": unit, "tokenizer": self.tok})
+                          extra={"unit": unit, "tokenizer": self.tok}, seed=self.seed, split=self.split,
+                          input_of=input_of if pert.takes_input else None)
         out = list(pert.fn(units, ctx, **params))
         if unit == "word":
             joined = _join_words(out, self.specials)
@@ -209,8 +222,8 @@ def _sequence(tok, prompt: str, pieces: list[tuple[str, str, bool, int]]):
 
 
 def _render_task(ex: Example, cond: Condition, tok, seed: int, ti: int, task: Task,
-                 rankings: Rankings | None, max_len: int | None) -> Rendered:
-    env = _Env(ex, cond, tok, seed, ti, rankings)
+                 rankings: Rankings | None, max_len: int | None, split: Split | None) -> Rendered:
+    env = _Env(ex, cond, tok, seed, ti, rankings, split)
     segs = []
     for si, seg in enumerate(task.segments):
         text, kind = env.eval(seg, f"{si}")
@@ -251,11 +264,16 @@ def _shorten(tok, prompt, task, segs, max_len, ex, specials):
 
 # ---- public API -------------------------------------------------------------------------------
 def render(ex: Example, cond: Condition, tok, *, seed: int, rankings: Rankings | None = None,
-           max_len: int | None = None) -> list[Rendered]:
+           max_len: int | None = None, split: Split | Sequence[Example] | None = None) -> list[Rendered]:
     """One `Rendered` per task of `cond` (multitask targets give several, each with its prefix and
     weight). Deterministic in (seed, example id, condition name): every call's rng is seeded from
-    a sha256 of those and the call's path in the target."""
-    return [_render_task(ex, cond, tok, seed, ti, task, rankings, max_len) for ti, task in enumerate(cond.tasks)]
+    a sha256 of those and the call's path in the target. `split`: the examples `ex` is rendered
+    with (a `perturb.Split`, built once per split), for perturbations that read other examples
+    (`swap`); such a target without it is an error."""
+    if split is not None and not isinstance(split, Split):
+        split = Split(split)
+    return [_render_task(ex, cond, tok, seed, ti, task, rankings, max_len, split)
+            for ti, task in enumerate(cond.tasks)]
 
 
 def eval_context(ex: Example, cond: Condition, tok, *, seed: int) -> EvalContext | None:

@@ -22,12 +22,14 @@ def test_builtins_registered_with_typed_params():
     assert {"shuffle", "mask", "unk", "keytokens", "drop", "reverse", "truncate"} <= set(REGISTRY)
     p = REGISTRY["mask"].params[0]
     assert (p.name, p.type, p.lo, p.hi, p.required) == ("p", float, 0.0, 1.0, True)
-    n = REGISTRY["unk"].params[0]
-    assert (n.name, n.type, n.lo, n.required) == ("n", int, 0, True)
+    n, _, like = REGISTRY["unk"].params
+    assert (n.name, n.type, n.lo, n.required) == ("n", int, 0, False)
+    assert (like.name, like.type, like.choices) == ("like", "field", ("rationale",))
+    assert REGISTRY["unk"].one_of == (("n", "like"),)
     assert REGISTRY["unk"].takes_input is False and REGISTRY["unk"].unit == "token"
     by = REGISTRY["keytokens"].params[1]
     assert (by.name, by.default) == ("by", "ig")
-    for name in ("shuffle", "mask", "keytokens", "drop", "reverse", "truncate"):
+    for name in ("shuffle", "mask", "keytokens", "drop", "reverse", "truncate", "swap"):
         assert REGISTRY[name].unit == "word" and REGISTRY[name].takes_input
         assert "Unit:" in REGISTRY[name].doc
 
@@ -71,6 +73,12 @@ def test_unk_generates_n_units():
     assert call("unk", [], n=0) == []
     assert call("unk", [], n=7) == ["<mask>"] * 7
     assert call("unk", [], ctx(mask="<unk>"), n=2, token="?") == ["?", "?"]
+
+
+def test_unk_like_a_field_generates_one_unit_per_unit_of_it():
+    # render passes the field's units (`unk(like: rationale)`): words or tokens, by the call's unit
+    assert call("unk", [], like=WORDS) == ["<mask>"] * len(WORDS)
+    assert call("unk", [], like=[]) == []
 
 
 def test_keytokens_keeps_top_k_in_original_order():
@@ -136,10 +144,58 @@ def test_rank_words_rejects_ig_and_unknown():
     with pytest.raises(ValueError, match="Integrated Gradients.*'q1'"):
         rank_words(EX, "ig")
     with pytest.raises(ValueError, match="unknown ranking source"):
+        rank_words(EX, "randomly")
+    with pytest.raises(ValueError, match="needs a seed"):
         rank_words(EX, "random")
     with pytest.raises(ValueError, match="no rationale"):
         rank_words(EX.with_rationale(None), "placeholder")
 
 
 def test_builtins_set_is_frozen_snapshot():
-    assert perturb.BUILTINS == {"shuffle", "mask", "unk", "keytokens", "drop", "reverse", "truncate"}
+    assert perturb.BUILTINS == {"shuffle", "mask", "unk", "keytokens", "drop", "reverse", "truncate", "swap"}
+
+
+def test_rank_words_random_is_seeded_per_example_only():
+    words = EX.rationale.split()
+    s = rank_words(EX, "random", seed=0)
+    assert len(s) == len(words) and len(set(s)) == len(s)
+    assert s == rank_words(EX, "random", seed=0)  # deterministic per (seed, example)
+    assert s != rank_words(EX, "random", seed=1)  # another seed, another ranking
+    other = Example("q2", EX.question, EX.choices, 0, EX.rationale)
+    assert s != rank_words(other, "random", seed=0)  # another example, another ranking
+
+
+SPLIT = [Example(f"s{i}", f"q{i}?", ("a", "b"), 0, f"rationale number {i} here") for i in range(7)]
+
+
+@pytest.mark.parametrize("n", [2, 3, 7])
+def test_split_derangement_has_no_fixed_point_and_is_seeded(n):
+    split = perturb.Split(SPLIT[:n])
+    for seed in range(5):
+        d = split.derangement(seed)
+        assert sorted(d) == list(range(n)) and all(i != j for i, j in enumerate(d))
+        assert d == perturb.Split(SPLIT[:n]).derangement(seed)  # same in a fresh object
+    if n > 2:
+        assert len({tuple(split.derangement(s)) for s in range(10)}) > 1
+    with pytest.raises(ValueError, match="at least 2"):
+        perturb.Split(SPLIT[:1]).derangement(0)
+    with pytest.raises(ValueError, match="not in the split"):
+        split.partner("nope", 0)
+
+
+def test_swap_takes_the_partner_examples_input():
+    split = perturb.Split(SPLIT)
+
+    def run(ex, seed):
+        c = Ctx(rng=random.Random(0), mask_token="<mask>", example=ex, seed=seed, split=split,
+                input_of=lambda other: other.rationale.split())
+        return call("swap", ex.rationale.split(), c)
+
+    for seed in (0, 1):
+        outs = [run(e, seed) for e in SPLIT]
+        assert all(o != e.rationale.split() for o, e in zip(outs, SPLIT))  # never its own
+        assert sorted(map(tuple, outs)) == sorted(tuple(e.rationale.split()) for e in SPLIT)  # a permutation
+        assert outs == [run(e, seed) for e in SPLIT]  # deterministic per seed
+    assert [run(e, 0) for e in SPLIT] != [run(e, 1) for e in SPLIT]  # differs across seeds
+    with pytest.raises(ValueError, match="swap needs the other examples"):
+        call("swap", WORDS, ctx())

@@ -42,6 +42,14 @@ def test_grid_counts_and_dag_order():
     assert {j.condition.name for j in plan.by_stage("render") if rank_id in j.deps} == {"keys"}
 
 
+def test_controls_plan_no_ig_ranking():
+    ctl = (cond("rand", Ref("label"), Call("keytokens", (Ref("rationale"),), (("k", 3), ("by", "random")))),
+           cond("swap", Ref("label"), Call("swap", (Ref("rationale"),))))
+    plan = make_plan(experiment(conditions=ctl), versions=V)
+    assert not plan.by_stage("rank")
+    assert all(j.rank_job is None for j in plan.by_stage("render"))
+
+
 def test_keys_depend_on_exactly_what_matters():
     a = make_plan(experiment(), versions=V)
     assert [j.id for j in a.jobs] == [j.id for j in make_plan(experiment(), versions=V).jobs]

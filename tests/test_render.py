@@ -5,7 +5,7 @@ import pytest
 
 from cotdsl.lang import call
 from cotdsl.perturb import count_of
-from cotdsl.render import (EvalContext, Rendered, eval_context, generation_prompt_ids, parse_answer,
+from cotdsl.render import (EvalContext, Rendered, Split, eval_context, generation_prompt_ids, parse_answer,
                            render, stable_seed)
 from cotdsl.schema import Example, format_prompt
 from cotdsl.spec import Call, Condition, Lit, Ref, Task
@@ -167,6 +167,74 @@ def test_keytokens_token_unit_spreads_word_scores(tok):
     assert target(r) == " on the mat\nsleeps"
 
 
+def label_part(r: Rendered):
+    """The prompt, the label's ids and the loss mask up to the label's end."""
+    return r.prompt_len, r.input_ids[:r.label_span[1]], r.loss_mask[:r.label_span[1]], r.label_span
+
+
+def test_keytokens_random_is_seeded_nested_and_needs_no_ranking(tok):
+    w = EX.rationale.split()
+
+    def kept(k, seed, name="kr"):
+        (r,) = render(EX, cond(name, L, call("keytokens", R, k, by="random")), tok, seed=seed)
+        assert label_part(r) == label_part(render(EX, cond("none", L), tok, seed=seed)[0])  # label untouched
+        return target(r).split("\n")[1].split()
+
+    three = kept(3, 0)
+    it = iter(w)
+    assert len(three) == 3 and all(any(x == y for y in it) for x in three)  # a subsequence: original order
+    assert three == kept(3, 0) == kept(3, 0, name="other")  # per (seed, example), not per condition
+    assert set(three) <= set(kept(6, 0))  # nested as k grows, like an IG ranking
+    assert any(kept(3, s) != three for s in range(1, 6))  # another seed, another draw
+
+
+EX3 = Example("ex-9", "Which animal barks?", ("a dog", "a cat", "a fish"), 0,
+              "Dogs bark loudly at strangers and cats meow.")
+
+
+def test_swap_takes_another_examples_rationale_and_keeps_the_label(tok):
+    split = Split([EX, EX2, EX3])
+    c = cond("swapped", L, call("swap", R))
+    rationales = {e.id: e.rationale for e in (EX, EX2, EX3)}
+    for seed in range(4):
+        got = {}
+        for e in (EX, EX2, EX3):
+            (r,) = render(e, c, tok, seed=seed, split=split)
+            (plain,) = render(e, cond("after", L, R), tok, seed=seed)
+            assert label_part(r) == label_part(plain)  # the prompt and label ids and their mask
+            assert r.loss_mask == [0] * r.prompt_len + [1] * (len(r.input_ids) - r.prompt_len)
+            head, body = r.text[len(format_prompt(e)):].split("\n", 1)
+            assert head == " " + e.label and body != e.rationale and body in rationales.values()
+            assert [k for k, _, _ in r.spans] == ["prompt", "label", "sep", "rationale", "eos"]
+            got[e.id] = body
+            assert render(e, c, tok, seed=seed, split=[EX, EX2, EX3]) == [r]  # deterministic
+        assert sorted(got.values()) == sorted(rationales.values())  # a derangement of the split
+        if seed == 0:
+            first = got
+    assert any(not render(EX, c, tok, seed=s, split=split)[0].text.endswith(first[EX.id]) for s in range(1, 6))
+    # nested: the partner's input goes through the inner perturbation, seeded by the partner
+    (r,) = render(EX, cond("sw", L, call("swap", call("truncate", R, 2))), tok, seed=0, split=split)
+    partner = split.partner(EX.id, 0, "swap")
+    assert target(r) == " on the mat\n" + " ".join(partner.rationale.split()[:2])
+    with pytest.raises(ValueError, match="swap needs the other examples"):
+        render(EX, c, tok, seed=0)
+
+
+def test_unk_like_rationale_matches_the_rationales_length(tok):
+    (r,) = render(EX, cond("ul", L, call("unk", like=R)), tok, seed=0)
+    (plain,) = render(EX, cond("after", L, R), tok, seed=0)
+    assert len(r.input_ids) == len(plain.input_ids) and r.loss_mask == plain.loss_mask
+    assert label_part(r) == label_part(plain)
+    n_tok = len(ids(tok, EX.rationale))
+    assert r.input_ids.count(tok.mask_token_id) == n_tok
+    assert [k for k, _, _ in r.spans] == ["prompt", "label", "sep", "unk", "eos"]
+    (w,) = render(EX, cond("ulw", L, call("unk", like=R, unit="word")), tok, seed=0)
+    assert w.input_ids.count(tok.mask_token_id) == len(EX.rationale.split())
+    # before the label it needs the rationale: evaluated by generation, no rank context
+    c = Condition("ub", "ub", (), (Task((call("unk", like=R), L)),), "generate")
+    assert c.tasks[0].rationale_before_label() and eval_context(EX, c, tok, seed=0) is None
+
+
 def test_label_is_never_perturbed(tok):
     # hand-built calls, as the checker would never give them
     for segs in [(Call("shuffle", (L,)),), (R, Call("mask", (Call("reverse", (L,)), 0.5)))]:
@@ -319,7 +387,7 @@ def _check_all(tok, exp):
     for c in exp.conditions:
         for ex in (EX, EX2):
             ig = {"ig": {ex.id: [float(len(w)) for w in ex.rationale.split()]}}
-            rs = render(ex, c, tok, seed=0, rankings=ig)
+            rs = render(ex, c, tok, seed=0, rankings=ig, split=[EX, EX2])
             assert len(rs) == len(c.tasks)
             ec = eval_context(ex, c, tok, seed=0)
             assert (ec is None) == (c.eval_by == "generate"), c.name

@@ -216,7 +216,7 @@ def run_rank(job, store: Store, out: Path, progress: Progress = _no_progress) ->
 def run_render(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
     import polars as pl
 
-    from ..render import render
+    from ..render import Split, render
 
     ensure_plugins(job.plugins, job.plugin_paths)
     exs = load_examples(job_dir(store, job.teacher_job) / "train.jsonl")
@@ -224,9 +224,10 @@ def run_render(job, store: Store, out: Path, progress: Progress = _no_progress) 
     rankings = None
     if job.rank_job:
         rankings = {"ig": json.loads((job_dir(store, job.rank_job) / "rankings.json").read_text())}
+    split = Split(exs)  # what swap(...) pairs examples within
     rows = []
     for i, e in enumerate(exs):
-        for r in render(e, job.condition, tok, seed=job.seed, rankings=rankings, max_len=job.max_len):
+        for r in render(e, job.condition, tok, seed=job.seed, rankings=rankings, max_len=job.max_len, split=split):
             rows.append({"ex_id": r.ex_id, "task": r.task, "text": r.text, "input_ids": r.input_ids,
                          "loss_mask": r.loss_mask, "weight": r.weight, "prompt_len": r.prompt_len,
                          "label_span": list(r.label_span) if r.label_span else None,
@@ -381,9 +382,10 @@ def _probe_batch(test, cond, tok, seed, *, context: str = "generated", generated
     prompt, for every target."""
     from dataclasses import replace
 
-    from ..render import eval_context, generation_prompt_ids, parse_answer, render, token_ids
+    from ..render import Split, eval_context, generation_prompt_ids, parse_answer, render, token_ids
 
     items, skipped = [], {"unparsed": 0, "no rationale": 0}
+    split = Split([e for e in test if e.rationale])  # what swap(...) pairs a gold rationale within
     for e in test:
         prompt = generation_prompt_ids(e, cond, tok)
         c = eval_context(e, cond, tok, seed=seed)
@@ -395,7 +397,8 @@ def _probe_batch(test, cond, tok, seed, *, context: str = "generated", generated
             item.update(context_ids=prompt, context="prompt",
                         choice_ids=[token_ids(tok, _label_piece(cond, tok, ch, first=True)) for ch in e.choices])
         elif context == "gold":  # teacher-force the gold rationale, render once per choice
-            per_choice = [render(replace(e, answer=i), cond, tok, seed=seed)[0] for i in range(len(e.choices))] \
+            per_choice = [render(replace(e, answer=i), cond, tok, seed=seed, split=split)[0]
+                          for i in range(len(e.choices))] \
                 if e.rationale else []
             if not per_choice or per_choice[e.answer].label_span is None:
                 skipped["no rationale"] += 1

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from cotdsl.errors import Collector, did_you_mean
+from cotdsl.spec import Ref
 
 from . import ast
 
@@ -35,8 +36,9 @@ BAD = _Sentinel("BAD")  # "this value was wrong; the error is already recorded"
 class Param:
     """One parameter. `type` is int, float, str or bool, or a kind of value the checker knows:
     "map" (a map of strings whose keys are `choices`), "path_map" (a map of paths, keys free),
-    "path", "name_or_path", "dataset" (a name with a data adapter) or "list" (a section entry's
-    one or more words from `choices`). `lo`/`hi` are inclusive bounds for numbers (`open_lo`: lo
+    "path", "name_or_path", "dataset" (a name with a data adapter), "list" (a section entry's
+    one or more words from `choices`) or "field" (a field of the example, one of `choices`, as a
+    `spec.Ref`: `unk(like: rationale)`). `lo`/`hi` are inclusive bounds for numbers (`open_lo`: lo
     itself is not allowed, as for lr > 0); `choices` restricts strings ("field:*" allows any
     "field:NAME"); `default=REQUIRED` makes the parameter mandatory; `alias` is a second accepted
     name (`data_files` for `files`, as `datasets.load_dataset` spells it)."""
@@ -67,6 +69,7 @@ class Signature:
     extra: tuple[Param, ...] = ()
     counted: str = "positional argument{s}"
     usage: str | None = None
+    one_of: tuple[tuple[str, ...], ...] = ()  # groups of parameters of which a call gives exactly one
 
     @cached_property
     def every(self) -> tuple[Param, ...]:
@@ -81,7 +84,7 @@ class Signature:
 _WANT = {int: "an integer", float: "a number", str: "a string", bool: "`true` or `false`",
          "map": "a map `{key: value, ...}`", "path_map": 'a map of paths `{train: "...", test: "..."}`',
          "path": "a file path string", "name_or_path": "a name or path string",
-         "dataset": "a dataset name (csqa, obqa, quarel or a hub path)"}
+         "dataset": "a dataset name (csqa, obqa, quarel or a hub path)", "field": "a field"}
 
 
 def describe(v: ast.Value) -> str:
@@ -198,6 +201,13 @@ def coerce(v: ast.Value, p: Param, col: Collector, where: str, base: Path | None
         return BAD
     if t in ("map", "path_map"):
         return _map(v, p, col, where, base)
+    if t == "field":
+        allowed = p.choices or ("label", "rationale")
+        if isinstance(v, ast.Name) and v.id in allowed:
+            return Ref(v.id, v.pos)
+        col.error(v.pos, f"{where}: `{name}` expects {' or '.join(f'`{c}`' for c in allowed)}, got {describe(v)}",
+                  hint="perturbations never touch the label" if getattr(v, "id", None) == "label" else None)
+        return BAD
     x = _word(v, col, where, name)  # str, path, name_or_path, dataset, a "list" item
     if x is BAD:
         return BAD
@@ -243,6 +253,12 @@ def bind(call: ast.CallV, sig: Signature, col: Collector, *, args: Sequence[ast.
             ok = False
         else:
             given[key] = kw.value
+    for group in sig.one_of:
+        named = [f"`{n}`" for n in group if n in given]
+        if len(named) != 1:
+            col.error(call.pos, f"{sig.what}: " + (f"give one of {' or '.join(f'`{n}`' for n in group)}" if not named
+                                                   else f"give only one of {' and '.join(named)}"))
+            ok = False
     out: dict[str, Any] = {}
     for p in params:
         if p.name not in given:

@@ -21,7 +21,7 @@ from .params import BAD, Param, Signature, bind, coerce
 FIELDS = ("label", "rationale")
 UNITS = ("word", "token")
 # keytokens' ranking sources when the registered Param declares no choices of its own
-KEYTOKENS_BY = ("ig", "placeholder", "field:*")
+KEYTOKENS_BY = ("ig", "random", "placeholder", "field:*")
 
 
 def _scalar(v: ast.Value, col: Collector, var: str) -> Any:
@@ -121,7 +121,7 @@ def _signature(fn: str, pert: perturb.Perturbation) -> Signature:
     required = ", ".join(p.name for p in params if p.required)
     return Signature(f"`{fn}`", params, (Param("unit", str, default=pert.unit, choices=UNITS),),
                      counted="argument{s}" + (" after its input" if pert.takes_input else ""),
-                     usage=f"`{fn}({'rationale, ' if pert.takes_input else ''}{required})`")
+                     usage=f"`{fn}({'rationale, ' if pert.takes_input else ''}{required})`", one_of=pert.one_of)
 
 
 class _Builder:
@@ -201,8 +201,9 @@ class _Builder:
             return None
         by = kwargs.get("by")
         if c.fn == "keytokens" and by != "ig":
-            how = "a deterministic placeholder ranking (not an attribution)" if by == "placeholder" \
-                else f"the data field `{by[6:]}` as its ranking (annotated highlights, not IG)"
+            how = {"placeholder": "a deterministic placeholder ranking (not an attribution)",
+                   "random": "a seeded random ranking (the control for IG, not an attribution)"}.get(by) \
+                or f"the data field `{by[6:]}` as its ranking (annotated highlights, not IG)"
             self.notes.append(f"target `{self.cname}`: keytokens uses {how}")
         return spec.Call(c.fn, inputs, tuple(kwargs.items()), c.pos)
 
