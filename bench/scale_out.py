@@ -1,17 +1,19 @@
 """Scale-out: one grid of tiny students under every executor, and each executor's per-job overhead.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/scale_out.py [--repeats 3] [--grids short,long]
-        [--engines local1,local1-1t,local2,ray,slurm] [--noop 24] [--noop-slurm 12] [--no-wait]
+        [--engines local1,local1-1t,local2,ray,slurm,slurm-1t] [--noop 24] [--noop-slurm 12] [--no-wait]
 
 (a) The grid (`GRID` below): data + teacher, then render -> train -> eval for 2 targets (none,
 after) x 2 seeds: 14 jobs, 4 independent training chains. The student is a random-init tiny Llama
 (2 layers, d_model 64) on 64 training / 24 test questions of the embedded task; `short` trains
-4 epochs (32 steps), `long` 100 epochs (800 steps). Every run is a fresh Python process with a
-fresh cache and run folder calling `cotdsl.run.run(spec, executor=ExecutorCfg(...))`; its wall
-time is that call's (importing torch, starting workers / Ray / Slurm jobs, writing the report
-included; the interpreter's own start-up not). Ray's `ray.init` is also timed on its own. Each
-executor runs --repeats times, interleaved (local1, local2, ray, slurm, local1, ...): min and
-median are printed, with the sum of the jobs' own compute seconds (`jobs.json`).
+4 epochs (32 steps), `long` 100 (800 steps), `xlong` 400 (3200 steps; not run by default).
+Every run is a fresh Python process with a fresh cache and run folder calling
+`cotdsl.run.run(spec, executor=ExecutorCfg(...))`; its wall time is that call's (importing torch,
+starting workers / Ray / Slurm jobs, writing the report included; the interpreter's own start-up
+not). Ray's `ray.init` is also timed on its own. Each executor runs --repeats times, interleaved
+(local1, local1-1t, local2, ray, slurm, slurm-1t, local1, ...): min and median are printed, with
+the sum of the jobs' own compute seconds (`jobs.json`). The `-1t` variants set OMP_NUM_THREADS=1
+(one torch thread per job, as each of 2 local workers gets).
 (b) Dispatch: N copies of the grid's data job (distinct keys; each loads and writes 64 builtin
 questions, a few ms) pushed through one engine with `executors.drive` / `drive_engine`, after a
 warm-up of 2 independent jobs (that starts the workers; timed as start-up). Twice: as a chain
@@ -60,11 +62,14 @@ experiment scale {{
   eval  {{ by: auto }}
 }}
 """
-GRIDS = {"short": 4, "long": 100}  # epochs
+GRIDS = {"short": 4, "long": 100, "xlong": 400}  # epochs
 ENGINES = {"local1": dict(kind="local", workers=1), "local1-1t": dict(kind="local", workers=1),
            "local2": dict(kind="local", workers=2), "ray": dict(kind="ray"),
-           "slurm": dict(kind="slurm", time_min=10)}
-ENV = {"local1-1t": {"OMP_NUM_THREADS": "1"}}  # in-process with one torch thread: what a worker of 2 gets
+           "slurm": dict(kind="slurm", time_min=10), "slurm-1t": dict(kind="slurm", time_min=10)}
+# local1-1t: in-process with one torch thread, what each of 2 local workers gets. slurm-1t: Slurm jobs
+# with one torch thread each (sbatch passes the environment on); the test cluster does not bind
+# jobs to their CPU (task/none), so without it each job's torch starts a thread per core.
+ENV = {"local1-1t": {"OMP_NUM_THREADS": "1"}, "slurm-1t": {"OMP_NUM_THREADS": "1"}}
 GOAL_MS = {"local1": 50, "local2": 50, "ray": 200}
 KEYS = ["condition", "seed", "ex_id"]
 
@@ -321,7 +326,7 @@ def fmt(xs: list[float]) -> str:
 
 
 def env_for(e: str, env: dict, senv: dict | None) -> dict:
-    return {**(senv if e == "slurm" else env), **ENV.get(e, {})}
+    return {**(senv if e.startswith("slurm") else env), **ENV.get(e, {})}
 
 
 def grid_table(rows, identical) -> None:
@@ -358,7 +363,8 @@ def dispatch_table(out) -> None:
         fan = [1000 * m["fan_wall"] / n for m in ds]
         comp = statistics.median([1000 * m["chain_compute"] / n for m in ds])
         goal = GOAL_MS.get(e)
-        verdict = "-" if goal is None else (f"≤ {goal} ms: " + ("met" if statistics.median(chain) <= goal else "NOT met"))
+        met = goal is not None and statistics.median(chain) <= goal
+        verdict = "-" if goal is None else f"≤ {goal} ms: {'met' if met else 'NOT met'}"
         print(f"| {e} | {n} | {statistics.median([m['engine_s'] + m['warm_s'] for m in ds]):.2f} | "
               f"{min(chain):.0f} / {statistics.median(chain):.0f} | {min(fan):.0f} / {statistics.median(fan):.0f} | "
               f"{comp:.1f} | {verdict} |")
@@ -368,8 +374,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--grids", default="short,long")
-    ap.add_argument("--engines", default="local1,local1-1t,local2,ray,slurm",
-                    help=f"any of {', '.join(ENGINES)} (local1-1t: in-process, OMP_NUM_THREADS=1)")
+    ap.add_argument("--engines", default="local1,local1-1t,local2,ray,slurm,slurm-1t",
+                    help=f"any of {', '.join(ENGINES)} (-1t: OMP_NUM_THREADS=1)")
     ap.add_argument("--noop", type=int, default=24, help="no-op jobs per dispatch phase")
     ap.add_argument("--noop-slurm", type=int, default=12, help="the same for Slurm (each is an sbatch job)")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for running pytests")
@@ -378,10 +384,11 @@ def main() -> None:
     a = ap.parse_args()
     engines = [e for e in a.engines.split(",") if e]
     env = dict(os.environ)
-    senv = slurm_env() if "slurm" in engines else None
-    if "slurm" in engines and senv is None:
+    slurms = [e for e in engines if e.startswith("slurm")]
+    senv = slurm_env() if slurms else None
+    if slurms and senv is None:
         print("slurm: skipped, no cluster answers (scripts/slurm-cluster up, then export its SLURM_CONF)")
-        engines.remove("slurm")
+        engines = [e for e in engines if e not in slurms]
     if "ray" in engines:
         try:
             import ray  # noqa: F401
@@ -411,8 +418,10 @@ def main() -> None:
                     if ref is None:
                         ref = res
                     identical.setdefault((grid, e), []).append(res.equals(ref))
-                    print(f"  {grid} {e} #{r + 1}: {m['wall']:.1f} s (jobs' compute {m['compute']:.1f} s; "
-                          f"load {m['load']:.2f} before; machine CPU busy {m['cpu_busy']:.0%}, others' share {m['foreign']:.0%})", flush=True)
+                    print(f"  {grid} {e} #{r + 1}: {m['wall']:.1f} s (results.parquet = first local1: "
+                          f"{'yes' if identical[(grid, e)][-1] else 'NO'}; jobs' compute {m['compute']:.1f} s; "
+                          f"load {m['load']:.2f} before; machine CPU busy {m['cpu_busy']:.0%}, "
+                          f"others' share {m['foreign']:.0%})", flush=True)
                     shutil.rmtree(d, ignore_errors=True)
             rows += [(grid, e, runs[e]) for e in engines]
         if rows:
@@ -424,7 +433,7 @@ def main() -> None:
             spec.write_text(GRID.format(epochs=GRIDS["short"]))
             out = []
             for e in [e for e in engines if e not in ENV]:
-                n = a.noop_slurm if e == "slurm" else a.noop
+                n = a.noop_slurm if e.startswith("slurm") else a.noop
                 ds = []
                 for r in range(a.repeats):
                     d = tmp / f"noop-{e}-{r}"
@@ -433,7 +442,8 @@ def main() -> None:
                     shutil.rmtree(d, ignore_errors=True)
                     m = ds[-1]
                     print(f"  {e} #{r + 1}: start {m['engine_s'] + m['warm_s']:.2f} s, chain {m['chain_wall']:.2f} s, "
-                          f"fan-out {m['fan_wall']:.2f} s for {n} jobs (load {m['load']:.2f} before; others' share {m['foreign']:.0%})", flush=True)
+                          f"fan-out {m['fan_wall']:.2f} s for {n} jobs (load {m['load']:.2f} before; "
+                          f"others' share {m['foreign']:.0%})", flush=True)
                 out.append((e, n, ds))
             dispatch_table(out)
         sh = quiet.shares

@@ -149,11 +149,13 @@ def drive_engine(plan: Plan, eng, view, *, advance=lambda: None) -> dict[str, Ou
 def drive(plan: Plan, store: Store, eng, view, *, retries: int = 1, advance=lambda: None) -> dict[str, Outcome]:
     """Hand each job to `eng` once every input is published; collect outcomes as they come.
 
-    `eng.submit(job, progress)` returns a handle; `eng.wait(handles)` returns those finished;
+    `eng.submit(job, progress)` returns a handle (or `eng.submit_many([(job, progress), ...])`,
+    when the engine has it, takes all the jobs that became ready together: one Slurm job array);
+    `eng.wait(handles)` returns those finished;
     `eng.result(handle)` gives the Outcome, or raises when the worker died (then the job is
     retried up to `retries` times: a training job resumes from its checkpoint)."""
     outcomes: dict[str, Outcome] = {}
-    pending, running, attempts = list(plan.jobs), {}, {}
+    pending, running, attempts, wave = list(plan.jobs), {}, {}, []
 
     def finish(job, out: Outcome) -> None:
         outcomes[job.id] = out
@@ -164,7 +166,7 @@ def drive(plan: Plan, store: Store, eng, view, *, retries: int = 1, advance=lamb
         while pending or running:
             rest = []
             for job in pending:
-                if any(d not in outcomes for d in job.deps) or len(running) >= eng.slots:
+                if any(d not in outcomes for d in job.deps) or len(running) + len(wave) >= eng.slots:
                     rest.append(job)
                     continue
                 root = _root_cause(plan, job, outcomes)
@@ -174,8 +176,14 @@ def drive(plan: Plan, store: Store, eng, view, *, retries: int = 1, advance=lamb
                     finish(job, Outcome("cached"))
                 else:
                     attempts[job.id] = attempts.get(job.id, 0) + 1
-                    running[eng.submit(job, view.start(job))] = job
+                    wave.append(job)
             pending = rest
+            if wave:  # every job that became ready together: an engine may submit them as one array
+                items = [(job, view.start(job)) for job in wave]
+                handles = (eng.submit_many(items) if hasattr(eng, "submit_many")
+                           else [eng.submit(job, progress) for job, progress in items])
+                running.update(zip(handles, wave))
+                wave = []
             for h in eng.wait(list(running)):
                 job = running.pop(h)
                 try:

@@ -1,5 +1,6 @@
 """`cotdsl run --executor slurm` on a real one-node Slurm cluster (scripts/slurm-cluster): the
-same numbers as in-process, failures isolated, a job whose Slurm job died is resubmitted."""
+same numbers as in-process, failures isolated, jobs that become ready together go in as one job
+array, a detached run is collected later."""
 import os
 import sys
 
@@ -32,7 +33,11 @@ def test_slurm_gives_the_in_process_numbers_and_isolates_a_failure(slurm, slurm_
     assert broken["render"]["status"] == "failed" and "boom in explode" in broken["render"]["cause"]
     assert {broken[s]["status"] for s in ("train", "eval", "probe")} == {"skipped"}
     assert {v["status"] for v in st.values() if "broken" not in v["label"]} == {"ran"}
-    assert list((tmp_path / "c2" / "_slurm").iterdir())  # submitit's logs live beside the store
+    # submitit's logs live beside the store, a folder per Slurm job
+    logs = [d.name for d in (tmp_path / "c2" / "_slurm").iterdir() if d.name[0].isdigit()]
+    # the two render jobs (after, broken) became ready together and asked for the same resources:
+    # one job array (Slurm ids `<array>_<index>`), the others single jobs
+    assert sum("_" in name for name in logs) == 2 and len({n.split("_")[0] for n in logs if "_" in n}) == 1, logs
 
 
 def test_detached_run_then_status_then_collect(slurm, slurm_partition, tmp_path, monkeypatch):
@@ -44,12 +49,18 @@ def test_detached_run_then_status_then_collect(slurm, slurm_partition, tmp_path,
 
     monkeypatch.chdir(tmp_path)
     spec = write_spec(tmp_path)
-    only = ["target=after", "seed=0"]
+    only = ["target=after"]
     cfg = ExecutorCfg(kind="slurm", partition=slurm_partition, time_min=10)
     assert run(spec, only=only, console=quiet(), executor=cfg, detach=True) == EXIT_OK
     rd = tmp_path / "runs" / "tiny"
     det = __import__("json").loads((rd / "detached.json").read_text())
-    assert len(det["slurm"]) == 6  # data, teacher, render, train, eval, probe: all submitted at once
+    # data, teacher, render, then train, eval, probe for seeds 0 and 1: all submitted at once,
+    # the two seeds' jobs of each stage as one job array (`<array id>_<index>`)
+    ids = det["slurm"]
+    assert len(ids) == 10, ids
+    for stage in ("train", "eval", "probe"):
+        mine = sorted(v for k, v in ids.items() if k.startswith(stage + "/"))
+        assert len(mine) == 2 and mine[0].split("_")[0] == mine[1].split("_")[0] and "_" in mine[0], ids
     deadline = time.time() + 240
     while time.time() < deadline:
         con = Console(record=True, width=150)
