@@ -191,6 +191,37 @@ class ProbeCfg:
 
 
 @dataclass(frozen=True)
+class Measure:
+    """One side of an expectation: a metric ("acc": test accuracy; "commit": the lens commit layer)
+    of one condition, named as the condition is ("masked[p=0.8]")."""
+
+    metric: str
+    condition: str
+
+    def __str__(self) -> str:
+        return self.condition if self.metric == "acc" else f"{self.metric}({self.condition})"
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """`expect left op right [within D] [alpha A]`, checked after the run (`cotdsl/expect.py`)
+    from the results alone: it is in no job's key. `op` is ">", "<" or "~" (equivalence within
+    `within`: percentage points for acc, layers for commit). `text` is the canonical source text."""
+
+    text: str
+    op: str
+    left: Measure
+    right: Measure
+    within: float | None = None
+    alpha: float = 0.05
+    pos: Pos | None = field(default=None, compare=False)
+
+    @property
+    def metric(self) -> str:
+        return self.left.metric
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     path: str
@@ -207,6 +238,7 @@ class Experiment:
     # sys.path); a worker process imports it again with `perturb.import_plugins(exp)`
     plugin_paths: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # check-time remarks shown by `cotdsl check` (e.g. placeholder rankings)
+    expectations: tuple[Expectation, ...] = ()  # evaluated after the run; in no job's key
 
 
 def to_dict(obj: Any) -> Any:

@@ -134,7 +134,34 @@ class Section:
     end_line: int = 0
 
 
-Stmt = Union[Seeds, Decl, Target, Section]
+@dataclass(frozen=True)
+class Side:
+    """One side of an expectation: `after`, `masked[p=0.8]`, `commit(after)`. `metric` is None for
+    a bare condition (accuracy); `point` is None without brackets."""
+
+    metric: str | None
+    name: str
+    point: tuple[KwArg, ...] | None
+    pos: Pos  # the metric's name when there is one, else the condition's
+    name_pos: Pos
+    end_line: int = field(default=0, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Expect:
+    """`expect LEFT OP RIGHT [within D] [alpha A]`, OP one of `>`, `<`, `~`."""
+
+    left: Side
+    op: str
+    right: Side
+    within: Value | None
+    alpha: Value | None
+    pos: Pos
+    op_pos: Pos
+    end_line: int = 0
+
+
+Stmt = Union[Seeds, Decl, Target, Section, Expect]
 
 
 @dataclass(frozen=True)
@@ -186,4 +213,4 @@ class File:
 
     @property
     def toplevel(self) -> list:
-        return [i for i in self.items if isinstance(i, (Seeds, Decl, Target, Section))]
+        return [i for i in self.items if isinstance(i, (Seeds, Decl, Target, Section, Expect))]

@@ -19,6 +19,7 @@ from cotdsl.data.files import FIELDS as DATA_FIELDS
 from cotdsl.errors import Collector, CotError, Pos, did_you_mean
 
 from . import ast
+from .expectations import build_expectations
 from .params import BAD, Param, Signature, arg_values, bind, coerce
 from .parse import decode, parse_source, read_source
 from .targets import build_conditions
@@ -221,8 +222,11 @@ class _Checker:
         present: set[str] = set()
         seen_in_file: set[tuple[str, int]] = set()
         seeds_stmt = None
+        expects: list[ast.Expect] = []
         for s, rank in stmts:
-            if isinstance(s, ast.Seeds):
+            if isinstance(s, ast.Expect):
+                expects.append(s)
+            elif isinstance(s, ast.Seeds):
                 if ("seeds", rank) in seen_in_file:
                     self.col.error(s.pos, "duplicate `seeds`")
                 seen_in_file.add(("seeds", rank))
@@ -273,11 +277,12 @@ class _Checker:
         for t in targets.values():
             conds += build_conditions(t, evalc.by, self.col, self.notes)
         self._check_scorers(conds, teachers[0] if teachers else None)
+        expectations = build_expectations(expects, conds, set(targets), probe, self.col)
         return spec.Experiment(
             name=name, path=path, seeds=seeds, data=tuple(data), teacher=teachers[0] if teachers else None,
             students=tuple(students), conditions=tuple(conds), train=train, eval=evalc, probe=probe,
             plugins=tuple(p.module for p in plugins), plugin_paths=tuple(self.plugin_paths),
-            notes=tuple(dict.fromkeys(self.notes)))
+            notes=tuple(dict.fromkeys(self.notes)), expectations=expectations)
 
     def _check_scorers(self, conds: list[spec.Condition], teacher: spec.Teacher | None) -> None:
         """`keytokens(..., by: ig, scorer: X)`: X is "student", "teacher" (an hf teacher) or the

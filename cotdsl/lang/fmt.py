@@ -48,6 +48,23 @@ def _task(t: ast.TaskDef) -> str:
     return s + (f" weight {value(t.weight)}" if t.weight is not None else "")
 
 
+def side(s: ast.Side) -> str:
+    """`after`, `masked[p=0.8]`, `commit(after)`: the point's entries joined by `,` as in the
+    condition's name."""
+    out = s.name
+    if s.point is not None:
+        out += "[" + ",".join(f"{k.key}={value(k.value)}" for k in s.point) + "]"
+    return f"{s.metric}({out})" if s.metric else out
+
+
+def expect(s: ast.Expect) -> str:
+    """An expectation without the keyword: `shuffled ~ after within 3 alpha 0.01`."""
+    out = f"{side(s.left)} {s.op} {side(s.right)}"
+    if s.within is not None:
+        out += f" within {value(s.within)}"
+    return out + (f" alpha {value(s.alpha)}" if s.alpha is not None else "")
+
+
 def head(s) -> str | None:
     """The part before ` = ` of a declaration or target (aligned within a run of them)."""
     if isinstance(s, ast.Decl):
@@ -80,6 +97,8 @@ def statement(s, indent: str = "", pad: int = 0) -> str:
             return one
         inner = ";\n".join(indent + INDENT + _task(t) for t in s.body.tasks)
         return f"{h.rstrip()} = multitask {{\n{inner}\n{indent}}}"
+    if isinstance(s, ast.Expect):
+        return f"{indent}expect {expect(s)}"
     if isinstance(s, ast.Import):
         return f"{indent}import {quote(s.path)}"
     if isinstance(s, ast.Plugin):

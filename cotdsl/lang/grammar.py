@@ -16,7 +16,7 @@ import lark
 from .parse_fast import FastParser
 
 STATEMENT_KEYWORDS = ("import", "plugin", "experiment", "seeds", "data", "teacher", "student",
-                      "target", "train", "eval", "probe")
+                      "target", "train", "eval", "probe", "expect")
 SECTIONS = ("train", "eval", "probe")
 
 # Strings (closed or not), comments and brackets: what a cheap pass over the text must tell apart.

@@ -209,6 +209,34 @@ class _ToAst(Transformer):
         name, sweep, body = c
         return ast.Target(str(name), sweep, body, self._tpos(name), _end(body))
 
+    # expectations
+    def e_pt(self, c):  # NAME "=" value
+        return ast.KwArg(str(c[0]), c[1], self._tpos(c[0]))
+
+    def e_point(self, c):  # "[" e_pt (sep e_pt)* "]"
+        return tuple(x for x in c if isinstance(x, ast.KwArg)), c[-1].line
+
+    def e_cond(self, c):  # NAME [e_point]
+        name, point = c
+        pos = self._tpos(name)
+        if point is None:
+            return ast.Side(None, str(name), None, pos, pos, name.line)
+        return ast.Side(None, str(name), point[0], pos, pos, point[1])
+
+    def e_metric(self, c):  # NAME "(" e_cond ")"
+        fn, side = c[0], c[2]
+        return ast.Side(str(fn), side.name, side.point, self._tpos(fn), side.name_pos, c[-1].line)
+
+    def expect(self, c):  # "expect" side OP side ["within" value] ["alpha" value]
+        kw, left, op, right = c[:4]
+        opts, rest = {}, [x for x in c[4:] if x is not None]
+        for i, x in enumerate(rest):
+            if isinstance(x, Token) and x.type != "STRING" and str(x) in ("within", "alpha"):
+                opts[str(x)] = rest[i + 1]
+        last = rest[-1] if rest else right
+        return ast.Expect(left, str(op), right, opts.get("within"), opts.get("alpha"), self._tpos(kw),
+                          self._tpos(op), _end(last))
+
     # statements
     def seeds(self, c):  # "seeds" value ("," value)*
         values = tuple(x for x in c[1:] if not isinstance(x, Token))

@@ -25,7 +25,8 @@ MAX_SYNTAX_ERRORS = 20
 
 _PRETTY = {"NAME": "a name", "STRING": "a string", "NUMBER": "a number", "KEY": "`key:`",
            "SWEEPVAR": "`name in`", "ARROW": "`->`", "$END": "end of file",
-           "DECLKW": "`data`, `teacher` or `student`", "SECTIONKW": "`train`, `eval` or `probe`"}
+           "DECLKW": "`data`, `teacher` or `student`", "SECTIONKW": "`train`, `eval` or `probe`",
+           "EXPECT_OP": "`>`, `<` or `~`"}
 
 # Common mistakes, named through lark's match_examples (each example fails at the mistake).
 _EXAMPLES = {
@@ -39,6 +40,8 @@ _EXAMPLES = {
                                                    "target a[p = 0.2] = label"],
     "missing target body after `=`": ["target a =", "target a = }", "target a = target"],
     "a declaration needs a name: `data NAME = ...`": ["data = builtin()", "student = smollm2"],
+    "an expectation is written `expect a > b`, `a < b` or `a ~ b within D`": [
+        "expect after", "expect after = none", "expect after none", "expect after >"],
 }
 
 

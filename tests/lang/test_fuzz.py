@@ -40,7 +40,13 @@ target = st.builds(lambda n, s, c: f"target {n}{s} = {c}", st.sampled_from(["a",
 section = st.builds(lambda k, kv: f"{k} {{ {', '.join(kv)} }}", st.sampled_from(["train", "eval", "probe", "trian"]),
                     st.lists(st.builds(lambda k, v: f"{k}: {v}", st.sampled_from(
                         ["epochs", "lr", "by", "lens", "at", "batch", "precision", "x"]), values(2)), max_size=3))
-stmt = st.one_of(target, section, st.builds(lambda xs: "seeds " + ", ".join(xs), st.lists(nums, min_size=1, max_size=3)))
+side = st.one_of(names, st.sampled_from(["a", "b", "a[p=0.2]", "b[k=1; p=x]", "commit(a)", "acc(b)", "nope(a)",
+                                         "commit(a[p=1])", "a[]", "a[p=shuffle(x)]"]))
+expect = st.builds(lambda left, op, right, tail: f"expect {left} {op} {right}{tail}", side,
+                   st.sampled_from([">", "<", "~", "=", ""]), side,
+                   st.sampled_from(["", " within 3", " alpha 0.01", " within 0 alpha 2", " within x", " alpha"]))
+stmt = st.one_of(target, section, expect,
+                 st.builds(lambda xs: "seeds " + ", ".join(xs), st.lists(nums, min_size=1, max_size=3)))
 generated = st.builds(lambda ss, close: HEAD + "\n".join(ss) + ("\n}" if close else ""),
                       st.lists(stmt, max_size=6), st.booleans())
 
