@@ -169,9 +169,12 @@ def run(file: Path = typer.Argument(..., help="a spec file (.cot)"),
         constraint: Optional[str] = typer.Option(None, "--constraint", help="slurm: node constraint"),
         sbatch: Optional[List[str]] = typer.Option(None, "--sbatch", help="slurm: extra sbatch flag (repeatable)"),
         executor_config: Optional[Path] = typer.Option(None, "--executor-config", help="TOML file with these settings"),
-        detach: bool = typer.Option(False, "--detach", help="slurm: submit everything with dependencies and exit")):
-    """Run every job of a spec (cached and resumable); print results and layerwise reports.
-    Exit 0 when all jobs finished, 1 on bad input, 2 when some jobs failed, 130 when interrupted."""
+        detach: bool = typer.Option(False, "--detach", help="slurm: submit everything with dependencies and exit"),
+        strict: bool = typer.Option(False, "--strict", help="exit 3 when an `expect` statement is contradicted")):
+    """Run every job of a spec (cached and resumable); print results, layerwise reports and the
+    verdicts of its `expect` statements. Exit 0 when all jobs finished (a contradicted expectation
+    is a finding), 1 on bad input, 2 when some jobs failed, 3 with --strict when an expectation
+    is contradicted, 130 when interrupted."""
     from cotdsl.executors import load_cfg
     from cotdsl.run import run as _run
 
@@ -181,7 +184,7 @@ def run(file: Path = typer.Argument(..., help="a spec file (.cot)"),
                        constraint=constraint, sbatch=sbatch or None)
         try:
             code = _run(file, out=out_dir, cache=cache, limit=limit, limit_test=limit_test, only=only,
-                        dry_run=dry_run, console=out, executor=cfg, detach=detach)
+                        dry_run=dry_run, console=out, executor=cfg, detach=detach, strict=strict)
         except ValueError as e:  # --only syntax
             raise CotError(str(e))
     raise typer.Exit(code)
@@ -199,12 +202,14 @@ def status(run_dir: Path = typer.Argument(..., help="a run folder, e.g. runs/qui
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a run folder, e.g. runs/quickstart"),
-           png: bool = typer.Option(True, "--png/--no-png", help="write PNG figures into RUN_DIR/figures")):
-    """Print a finished run's results table and layerwise reports again, and write its figures."""
+           png: bool = typer.Option(True, "--png/--no-png", help="write PNG figures into RUN_DIR/figures"),
+           strict: bool = typer.Option(False, "--strict", help="exit 3 when an `expect` statement is contradicted")):
+    """Print a finished run's results table, layerwise reports and expectations again, and write
+    its figures."""
     from cotdsl.run import report as _report
 
     with guard():
-        raise typer.Exit(_report(run_dir, console=out, png=png))
+        raise typer.Exit(_report(run_dir, console=out, png=png, strict=strict))
 
 
 @app.command()

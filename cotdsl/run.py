@@ -1,7 +1,8 @@
 """`cotdsl run`, `report`, `show` and `probe`: the commands that execute things.
 
 The CLI stays a thin typer layer; these functions take plain arguments and return an exit code
-(0 all good, 1 bad input, 2 some jobs failed), so they are tested without a subprocess.
+(0 all good, 1 bad input, 2 some jobs failed, 3 an expectation contradicted under `--strict`), so
+they are tested without a subprocess.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from .cache import Store
 from .errors import CotError, Diagnostic, did_you_mean
 
 EXIT_OK, EXIT_USER, EXIT_JOBS = 0, 1, 2
+EXIT_CONTRADICTED = 3  # `--strict`: an `expect` statement is contradicted by the results
 
 
 def quiet_libraries() -> None:
@@ -98,15 +100,17 @@ def plan_table(plan) -> Table:
 
 def run(path: Path, *, out: Path = Path("runs"), cache: Path | None = None, limit: int | None = None,
         limit_test: int | None = None, only: list[str] | None = None, dry_run: bool = False,
-        console: Console | None = None, executor=None, detach: bool = False) -> int:
+        console: Console | None = None, executor=None, detach: bool = False, strict: bool = False) -> int:
     """`executor`: an `executors.ExecutorCfg` (default: local, one process). `detach` (Slurm
     only): submit every job with `afterok` dependencies and return; `cotdsl status` follows them
-    and a later `cotdsl run` collects the results."""
+    and a later `cotdsl run` collects the results. A contradicted `expect` is a finding (exit 0)
+    unless `strict` (EXIT_CONTRADICTED); failed jobs decide the exit code first."""
     quiet_libraries()
     from . import load
     from .executors import ExecutorCfg, execute
     from .plan import make_plan
     from .figures import figures
+    from .expect import print_expectations, write as write_expectations
     from .report import collect, print_ig, print_lens, print_summary, save_run_header
 
     console = console or Console()
@@ -133,17 +137,30 @@ def run(path: Path, *, out: Path = Path("runs"), cache: Path | None = None, limi
                       f"cached in {store.root}; run again to continue[/]")
         return EXIT_INTERRUPTED
     collect(plan, store, outcomes, run_dir)
+    write_expectations(run_dir, exp)
     print_summary(run_dir, console)
     print_ig(run_dir, console)
     written = print_lens(run_dir, console) + figures(run_dir)
     for p in written:
         console.print(f"[dim]figure: {p}[/]")
+    print_expectations(run_dir, console)
     failed = [o for o in outcomes.values() if o.status == "failed"]
     skipped = [o for o in outcomes.values() if o.status == "skipped"]
     if failed:
         console.print(f"[red]{len(failed)} job(s) failed, {len(skipped)} skipped; causes in {run_dir / 'failures'}[/]")
         # exit 1 when every failure is the input's fault (fix the data/spec), 2 when a job crashed
         return EXIT_USER if all(o.user_error for o in failed) else EXIT_JOBS
+    return _strict_exit(run_dir, strict, console)
+
+
+def _strict_exit(run_dir: Path, strict: bool, console: Console) -> int:
+    """EXIT_CONTRADICTED when `strict` and an expectation is contradicted, else EXIT_OK."""
+    from .expect import contradicted
+
+    n = contradicted(run_dir) if strict else 0
+    if n:
+        console.print(f"[red]--strict: {n} expectation(s) contradicted[/]")
+        return EXIT_CONTRADICTED
     return EXIT_OK
 
 
@@ -213,7 +230,8 @@ def status(run_dir: Path, *, cache: Path | None = None, console: Console | None 
     return EXIT_OK
 
 
-def report(run_dir: Path, *, console: Console | None = None, png: bool = True) -> int:
+def report(run_dir: Path, *, console: Console | None = None, png: bool = True, strict: bool = False) -> int:
+    from .expect import print_expectations
     from .figures import figures
     from .report import print_ig, print_lens, print_summary
 
@@ -225,7 +243,8 @@ def report(run_dir: Path, *, console: Console | None = None, png: bool = True) -
     written = print_lens(run_dir, console, png=png) + (figures(run_dir) if png else [])
     for p in written:
         console.print(f"[dim]figure: {p}[/]")
-    return EXIT_OK
+    print_expectations(run_dir, console)
+    return _strict_exit(run_dir, strict, console)
 
 
 def show(path: Path, *, target: str, n: int = 3, seed: int | None = None, console: Console | None = None) -> int:
