@@ -76,6 +76,7 @@ def collect(plan: Plan, store: Store, outcomes: dict, run_dir: Path) -> None:
         shutil.copyfile(src / "ig.json", run_dir / "ig.json")
     baseline = next((c.name for c in exp.conditions if c.is_baseline()), None)
     atomic_write_parquet(run_dir / "summary.parquet", summarize(results, baseline, failed, exp))
+    save_teacher(plan, store, run_dir)
 
 
 # One schema for summary.parquet, whatever finished: a run whose every job failed still gets a
@@ -139,6 +140,7 @@ def _pct(x) -> str:
 def print_summary(run_dir: Path, console: Console) -> None:
     from rich.markup import escape
 
+    print_teacher(run_dir, console)
     summary = pl.read_parquet(run_dir / "summary.parquet") if (run_dir / "summary.parquet").exists() else pl.DataFrame()
     if not len(summary):
         console.print("[yellow]no evaluations in this run[/]")
@@ -271,6 +273,45 @@ def print_ig(run_dir: Path, console: Console) -> None:
                       f"{s['median_rel_delta']:.2f}, mean {s['mean_rel_delta']:.2f}, max {s['max_rel_delta']:.2f} "
                       f"({results[0].baseline} baseline, {results[0].steps} steps); large values mean the "
                       "attributions do not add up to the change in log-prob (see docs/attribution.md).")
+
+
+# ---- teacher rationales -----------------------------------------------------------------------
+def save_teacher(plan: Plan, store: Store, run_dir: Path) -> None:
+    """`teacher.json`: each finished teacher job's `diagnostics.json` (jobs/teacher.py), by data."""
+    rows = []
+    for job in plan.by_stage("teacher"):
+        path = store.path("teacher", job.key) / "diagnostics.json"
+        if path.exists():
+            rows.append({"label": job.label, "teacher": job.teacher.name, **json.loads(path.read_text())})
+    atomic_write_json(run_dir / "teacher.json", rows)
+
+
+def print_teacher(run_dir: Path, console: Console) -> None:
+    """What the training rationales look like: label mentions (leakage), length, SCoTD kept rate."""
+    from rich.markup import escape
+
+    path = run_dir / "teacher.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
+    if not rows:
+        return
+    scotd = any("scotd" in r for r in rows)
+    t = Table(title="teacher rationales (training set)", title_justify="left")
+    for col in ("teacher", "n", "names gold %", "names other %", "states answer %", "words") \
+            + (("kept / question", "none kept %") if scotd else ()):
+        t.add_column(col, justify="left" if col == "teacher" else "right")
+    for r in rows:
+        w = r.get("words") or {}
+        s = r.get("scotd")
+        t.add_row(escape(r["label"].removeprefix("teacher ")), f"{r['rationales']}/{r['questions']}",
+                  _pct(r.get("gold_label")), _pct(r.get("other_choice")), _pct(r.get("states_answer")),
+                  f"{w['median']} ({w['p10']}–{w['p90']})" if w else "–",
+                  *((f"{s['kept_mean']:g} of {s['samples']}" + ("" if s.get("filter") else " (no filter)"),
+                     _pct(s["none_kept"])) if s else ("–", "–")) if scotd else ())
+    console.print(t)
+    console.print("[dim]names gold / other: rationales containing the gold label's / another choice's text "
+                  "(whole words, case and punctuation ignored; `cotdsl show` marks them): a student can copy "
+                  "the answer from such a rationale. words: median (10th–90th percentile). "
+                  "Details: teacher.json.[/]", soft_wrap=True)
 
 
 # ---- the run folder's header ------------------------------------------------------------------

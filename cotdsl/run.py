@@ -255,7 +255,7 @@ def show(path: Path, *, target: str, n: int = 3, seed: int | None = None, consol
     from .models import load_student
     from .jobs.teacher import rationalize
     from .models import cache_dir
-    from .render import render
+    from .render import Split, render
     from .schema import format_prompt
     from .show import show_rendered
     from rich.markup import escape
@@ -267,14 +267,20 @@ def show(path: Path, *, target: str, n: int = 3, seed: int | None = None, consol
         names = [c.name for c in exp.conditions]
         raise CotError([Diagnostic(None, f"no target named {target!r} in {path}", hint=did_you_mean(target, names))])
     train, _ = load_source(exp.data[0])
-    train = rationalize(exp.teacher, train[:n], cache_dir=cache_dir() / "rationales")
-    corpus = [format_prompt(e) + " " + (e.rationale or "") for e in train]
+    # the training split as the render job sees it (swap(...) pairs examples across it): cheap for
+    # gold and file teachers; an hf teacher samples only the n shown, so swap pairs within those
+    pool = rationalize(exp.teacher, train if exp.teacher.kind != "hf" else train[:n],
+                       cache_dir=cache_dir() / "rationales")
+    pool = [e for e in pool if e.rationale]
+    corpus = [format_prompt(e) + " " + e.rationale for e in pool]
     _, tok = load_student(exp.students[0], corpus=corpus)
     s = exp.seeds[0] if seed is None else seed
+    split = Split(pool)
     for cond in conds:
         console.rule(escape(f"{cond.name}  (eval by {cond.eval_by}, seed {s})"))
-        for e in train[:n]:
-            show_rendered(console, render(e, cond, tok, seed=s, max_len=exp.train.max_len), tok)
+        for e in pool[:n]:  # choices' mentions in the rationale marked: answer leakage
+            show_rendered(console, render(e, cond, tok, seed=s, max_len=exp.train.max_len, split=split), tok,
+                          examples=[e])
     return EXIT_OK
 
 

@@ -88,3 +88,16 @@ def mentions(text: str, phrase: str) -> list[tuple[int, int]]:
         out.append((where[j], where[j + len(needle) - 1] + 1))
         pos = j + len(needle) + 1
     return out
+
+
+def choice_mentions(text: str, choices: tuple[str, ...] | list[str]) -> list[tuple[int, int, int]]:
+    """Every choice mentioned in `text` as `(start, end, choice index)`, in text order, spans not
+    overlapping: where mentions overlap, the longer one wins (with choices "blue sky" and "sky",
+    "the blue sky" mentions only the first), then the earlier choice."""
+    found = sorted(((a, b, i) for i, c in enumerate(choices) for a, b in mentions(text, c)),
+                   key=lambda m: (m[0] - m[1], m[2], m[0]))
+    kept: list[tuple[int, int, int]] = []
+    for a, b, i in found:
+        if all(b <= x or a >= y for x, y, _ in kept):
+            kept.append((a, b, i))
+    return sorted(kept)

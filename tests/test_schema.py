@@ -14,3 +14,12 @@ def test_mentions_are_whole_words_with_exact_character_spans():
     assert mentions(text, "mat warm") == [(7, 16)]  # across punctuation
     assert mentions("the matter", "mat") == [] and mentions("anything", "  ") == []
     assert mentions("mat mat mat", "mat mat") == [(0, 7)]  # left to right, not overlapping
+
+
+def test_choice_mentions_prefer_the_longer_choice():
+    from cotdsl.schema import choice_mentions
+
+    t = "I saw the blue sky, then the sky. Grass!"
+    got = [(t[a:b], i) for a, b, i in choice_mentions(t, ("sky", "blue sky", "grass"))]
+    assert got == [("blue sky", 1), ("sky", 0), ("Grass", 2)]
+    assert choice_mentions("nothing here", ("sky",)) == []

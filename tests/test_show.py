@@ -4,7 +4,7 @@ from rich.console import Console
 from cotdsl.lang import call
 from cotdsl.render import render
 from cotdsl.schema import Example, format_prompt
-from cotdsl.show import STYLES, rendered_text, show_rendered, summary_line
+from cotdsl.show import MENTION_STYLES, STYLES, mention_marks, rendered_text, show_rendered, summary_line
 from cotdsl.spec import Condition, Ref, Task
 from cotdsl.tiny import train_tokenizer
 
@@ -59,3 +59,24 @@ def test_prompt_can_be_hidden_and_summary_handles_no_label():
     con = Console(width=120, record=True, force_terminal=True, color_system="truecolor")
     show_rendered(con, [ITEM, r], TOK)
     assert "2 sequences" in con.export_text()
+
+
+EXL = Example("s2", "Where is the cat?", ("on the mat", "in the box"), 0, "Not in the box: the cat sleeps on the mat.")
+
+
+def test_choice_mentions_in_the_rationale_are_marked():
+    tok = train_tokenizer([format_prompt(EXL) + " " + EXL.rationale] * 10, vocab_size=350)
+    (item,) = render(EXL, Condition("a", "a", (), (Task((Ref("label"), Ref("rationale"))),), "rank"), tok, seed=0)
+    marks = mention_marks(item, tok, EXL)
+    rat = next((s, e) for k, s, e in item.spans if k == "rationale")
+    assert marks and all(rat[0] <= p < rat[1] for p in marks)  # the label span itself is not marked
+    spelled = {m: tok.decode([item.input_ids[p] for p in sorted(marks) if marks[p] == m]).strip() for m in ("gold", "wrong")}
+    assert spelled == {"gold": "on the mat", "wrong": "in the box"}
+    plain = rendered_text(item, tok, color=False, example=EXL).plain.split("\n")[-1]
+    assert plain.replace("|", "").startswith("Not‹ in the box›: the cat sleeps« on the mat».")
+    runs = [str(s.style) for s in rendered_text(item, tok, color=True, example=EXL).spans]
+    assert all(runs[p] == MENTION_STYLES[m][p % 2] for p, m in marks.items())
+    assert rendered_text(item, tok, color=True).spans != rendered_text(item, tok, color=True, example=EXL).spans
+    con = Console(width=200, no_color=True, record=True)
+    show_rendered(con, [item], tok, examples=[EXL])
+    assert "«the gold label's text»" in con.export_text()

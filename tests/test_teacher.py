@@ -1,5 +1,6 @@
 """Teachers: gold, rationale files, and HF models (tiny random offline; the bundled SmolLM2, slow)."""
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -207,3 +208,46 @@ def test_hf_teacher_strips_after_the_filter_read_the_answer(tiny_dir, tmp_path, 
     out = rationalize(hf_teacher(tiny_dir, samples=2, temperature=1.0, strip_answer=True), data, cache_dir=tmp_path)
     assert [e.rationale for e in out] == ["Yes."] * 3
     assert [e.meta["rationales"] for e in out] == [["Yes."]] * 3 and all(e.meta["teacher_kept"] == 1 for e in out)
+
+
+# ---- diagnostics: what the rationales look like ------------------------------------------------------
+Q = ("fire", "ice", "sun")
+
+
+def test_diagnostics_leakage_on_hand_made_rationales():
+    exs_ = [Example("a", "Which is cold?", Q, 1, "Ice is frozen water, so it is cold."),  # gold only
+            Example("b", "Which is cold?", Q, 1, "Unlike fire or the Sun, ICE is cold."),  # gold and others
+            Example("c", "Which is cold?", Q, 1, "Frozen things are cold; the answer is B."),  # states, names none
+            Example("d", "Which is cold?", Q, 1, "Firewood burns; suns shine."),  # no whole-word mention
+            Example("e", "Which is cold?", Q, 1, None)]  # no rationale: counted apart
+    d = T.diagnostics(exs_)
+    assert (d["questions"], d["rationales"], d["no_rationale"]) == (5, 4, 1)
+    assert d["gold_label"] == 0.5 and d["gold_label_ids"] == ["a", "b"]
+    assert d["other_choice"] == 0.25 and d["other_choice_ids"] == ["b"]
+    assert d["gold_only"] == 0.25 and d["states_answer"] == 0.25
+    assert d["words"] == {"mean": 7.0, "min": 4, "p10": 4, "median": 8, "p90": 8, "max": 8}
+    assert "scotd" not in d
+    line = T.diagnostics_line(d)
+    assert line == {"gold label in rationale": "50%", "other choice": "25%", "words (median)": 8}
+
+
+def test_diagnostics_longer_choice_wins_an_overlap():
+    ex = Example("s", "What is above?", ("the blue sky", "sky", "grass"), 0, "We see the blue sky above.")
+    d = T.diagnostics([ex])
+    assert d["gold_label"] == 1.0 and d["other_choice"] == 0.0  # "sky" is part of the gold mention
+    d = T.diagnostics([replace(ex, answer=1)])
+    assert d["gold_label"] == 0.0 and d["other_choice"] == 1.0  # the rationale names the longer, wrong choice
+
+
+def test_diagnostics_scotd_kept_rates():
+    e = [Example(f"q{i}", "Which is cold?", Q, 1) for i in range(3)]
+    samples = {"q0": ["The answer is B because ice.", "The answer is B since cold.", "The answer is A."],
+               "q1": ["The answer is C because.", "", "The answer is B because it is cold."],
+               "q2": ["The answer is A.", "The answer is C.", "no answer"]}
+    out = apply_filter(e, samples, True)
+    d = T.diagnostics(out, use_filter=True)
+    assert d["scotd"] == {"samples": 3, "filter": True, "kept_mean": 1.0, "kept_rate": round(3 / 9, 4),
+                          "none_kept": round(1 / 3, 4), "kept_per_question": {"0": 1, "1": 1, "2": 1}}
+    assert (d["questions"], d["rationales"]) == (3, 2) and d["states_answer"] == 1.0
+    assert T.diagnostics_line(d)["kept per question"] == "1/3"
+    assert T.diagnostics(apply_filter(e, samples, False), use_filter=False)["scotd"]["kept_mean"] == round(8 / 3, 3)

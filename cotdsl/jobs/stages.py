@@ -155,7 +155,7 @@ def run_sample(job, store: Store, out: Path, progress: Progress = _no_progress) 
 
 def run_teacher(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
     from ..models import cache_dir
-    from .teacher import from_samples, rationalize
+    from .teacher import diagnostics, diagnostics_line, from_samples, rationalize
 
     d = job_dir(store, job.data)
     train = load_examples(d / "train.jsonl")
@@ -172,7 +172,9 @@ def run_teacher(job, store: Store, out: Path, progress: Progress = _no_progress)
     # Test rationales are only used to teacher-force probes of rationale-first students; the gold
     # teacher has them for free, a model teacher is not asked to pay for them.
     save_examples(out / "test.jsonl", test)
-    return {"train with rationale": len(kept), "dropped": len(train) - len(kept)}
+    diag = diagnostics(train, use_filter=bool(job.teacher.arg("filter", True)) if job.samples else None)
+    atomic_write_json(out / "diagnostics.json", diag)  # leakage, lengths, SCoTD kept rates: the run report's
+    return {"train with rationale": len(kept), "dropped": len(train) - len(kept), **diagnostics_line(diag)}
 
 
 # IG settings for keytokens(..., by: ig). bench/ig_baselines.py on SmolLM2: the pad-token

@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from ..schema import LETTERS, Example, format_prompt
+from ..schema import LETTERS, Example, choice_mentions, format_prompt
 
 log = logging.getLogger("cotdsl.teacher")
 CACHE_VERSION = 1  # bump when generation or post-processing changes
@@ -373,4 +373,66 @@ def _stripped(examples: list[Example], name: str) -> list[Example]:
     if empty:
         log.warning("teacher %s: %d rationale(s) were only an answer statement and are dropped (%s)",
                     name, len(empty), _names(empty))
+    return out
+
+
+# ---- what the rationales look like ---------------------------------------------------------------
+def _quantiles(xs: list[int]) -> dict:
+    """mean, min, p10, median, p90, max of `xs` (nearest-rank quantiles); {} for no values."""
+    if not xs:
+        return {}
+    v = sorted(xs)
+
+    def q(f: float) -> int:
+        return v[min(len(v) - 1, int(f * len(v)))]
+
+    return {"mean": round(sum(v) / len(v), 2), "min": v[0], "p10": q(0.1), "median": q(0.5), "p90": q(0.9),
+            "max": v[-1]}
+
+
+def diagnostics(examples: list[Example], use_filter: bool | None = None, n_ids: int = 5) -> dict:
+    """What a teacher's training rationales look like, for `diagnostics.json` and the run report.
+
+    Over the examples that have a rationale (the ones trained on): the share whose rationale
+    mentions the gold choice's text (`gold_label`) and another choice's text (`other_choice`: the
+    rationale names a wrong answer too; `gold_only`: the gold one and no other), where a mention is
+    whole words up to case and punctuation, the longer choice winning an overlap
+    (`schema.choice_mentions`), and the share stating an answer
+    ("The answer is B", `states_answer`); their length in words. `questions` counts every example
+    given, `no_rationale` those without one. Examples from an hf teacher (meta
+    `teacher_samples`/`teacher_kept`) add `scotd`: samples per question, whether the filter was on,
+    the kept count per question (mean, histogram), the kept rate and the share of questions with
+    none kept. `*_ids` name up to `n_ids` examples of each kind, to look at."""
+    have = [e for e in examples if e.rationale]
+    named = {e.id: {i for _, _, i in choice_mentions(e.rationale, e.choices)} for e in have}
+    gold = [e for e in have if e.answer in named[e.id]]
+    other = [e for e in have if named[e.id] - {e.answer}]
+    stated = [e for e in have if stated_answer(e.rationale, e) is not None]
+    share = (lambda xs: round(len(xs) / len(have), 4) if have else None)  # noqa: E731
+    out = {"questions": len(examples), "rationales": len(have), "no_rationale": len(examples) - len(have),
+           "gold_label": share(gold), "other_choice": share(other),
+           "gold_only": share([e for e in gold if e not in other]), "states_answer": share(stated),
+           "words": _quantiles([len(e.rationale.split()) for e in have]),
+           "gold_label_ids": [e.id for e in gold[:n_ids]], "other_choice_ids": [e.id for e in other[:n_ids]]}
+    asked = [e for e in examples if "teacher_samples" in e.meta]
+    if asked:
+        kept = [int(e.meta.get("teacher_kept", 0)) for e in asked]
+        n = max(int(e.meta["teacher_samples"]) for e in asked)
+        hist: dict[str, int] = {}
+        for k in kept:
+            hist[str(k)] = hist.get(str(k), 0) + 1
+        out["scotd"] = {"samples": n, "filter": use_filter, "kept_mean": round(sum(kept) / len(kept), 3),
+                        "kept_rate": round(sum(kept) / max(1, sum(int(e.meta["teacher_samples"]) for e in asked)), 4),
+                        "none_kept": round(sum(k == 0 for k in kept) / len(kept), 4),
+                        "kept_per_question": dict(sorted(hist.items(), key=lambda kv: int(kv[0])))}
+    return out
+
+
+def diagnostics_line(d: dict) -> dict:
+    """The few figures of `diagnostics(...)` the run log's one-line message shows."""
+    pct = (lambda x: "–" if x is None else f"{100 * x:.0f}%")  # noqa: E731
+    out = {"gold label in rationale": pct(d["gold_label"]), "other choice": pct(d["other_choice"]),
+           "words (median)": d["words"].get("median", "–")}
+    if "scotd" in d:
+        out["kept per question"] = f"{d['scotd']['kept_mean']:g}/{d['scotd']['samples']}"
     return out
