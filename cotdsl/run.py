@@ -308,7 +308,9 @@ def probe(target_dir: Path | None = None, *, checkpoint: Path | None = None, dat
     from . import check_source
     from .cache import stable_hash
     from .data import load_source
-    from .jobs.stages import _pad, lens_frame
+    from interp.lens import pad_right
+
+    from .jobs.stages import lens_frame
     from .models import cache_dir, load_student
 
     lens_list = ", ".join(lenses)
@@ -328,7 +330,7 @@ def probe(target_dir: Path | None = None, *, checkpoint: Path | None = None, dat
 
         seqs = [render(e, cond, tok, seed=seed)[0].input_ids for e in test if e.rationale or cond.eval_by == "rank"]
         pad = tok.pad_token_id or 0
-        batches = [_pad(seqs[i:i + 8], pad) for i in range(0, len(seqs), 8)]
+        batches = [pad_right(seqs[i:i + 8], pad) for i in range(0, len(seqs), 8)]
         where = cache_dir() / "probe" / stable_hash([str(checkpoint.resolve()), str(data.resolve())])
         return cached_tuned_lens(model, where, batches, steps=tuned_steps, seed=seed)
 

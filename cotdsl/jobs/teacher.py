@@ -18,12 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from ..cache import atomic_write_json
 from ..schema import LETTERS, Example, choice_mentions, format_prompt
 
 log = logging.getLogger("cotdsl.teacher")
@@ -196,12 +196,6 @@ def cache_key(settings: dict, examples: list[Example]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, ensure_ascii=False))
-    os.replace(tmp, path)
-
-
 def generate_samples(model, tok, prompts: list[str], settings: dict, seed: int) -> list[list[str]]:
     """`samples` cleaned continuations per prompt; left padding so all prompts end together.
     input_ids: [batch, seq] -> outputs [batch * samples, seq + new]."""
@@ -264,7 +258,7 @@ def sample(teacher, examples: list[Example], cache_dir: Path, progress, seed: in
         prompts = [build_prompt(settings["prompt"], e) for e in chunk]
         outs = gen(prompts, seed * 100_003 + (offset // bs) + b)
         done.update({e.id: o for e, o in zip(chunk, outs)})
-        _atomic_json(path, {"settings": settings, "samples": done})
+        atomic_write_json(path, {"settings": settings, "samples": done})
         finished += len(chunk)
         if progress:
             progress(finished, total)
