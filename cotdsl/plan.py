@@ -142,10 +142,11 @@ def make_plan(exp: Experiment, *, limit: int | None = None, limit_test: int | No
                     deps = (t.id,) + ((rank.id,) if rank is not None else ())
                     common = dict(condition=cond, student=stu, source=src, seed=seed)
                     r = RenderJob(key=stable_hash([cond.tasks, stu, seed, exp.train.max_len, deps, v["render"],
-                                                   perturbation_versions(cond)]),
+                                                   perturbation_versions(cond), exp.train.resample]),
                                   deps=deps, label=f"render {name}", teacher_job=t.id,
                                   rank_job=rank.id if rank is not None else None, max_len=exp.train.max_len,
-                                  plugins=exp.plugins, plugin_paths=plugin_dirs(exp.plugins), **common)
+                                  plugins=exp.plugins, plugin_paths=plugin_dirs(exp.plugins),
+                                  resample=exp.train.resample, **common)
                     tr = TrainJob(key=stable_hash([r.key, exp.train, v["train"]]), deps=(r.id,), label=f"train {name}",
                                   render_job=r.id, teacher_job=t.id, train=exp.train,
                                   resources=res("train", stu, exp.train.batch), **common)

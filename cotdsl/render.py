@@ -46,6 +46,7 @@ class Rendered:
     prompt_len: int
     label_span: tuple[int, int] | None  # [start, end) token slice of the label inside input_ids
     spans: list[tuple[str, int, int]]  # (kind, start, end): prompt, label, rationale, literal, sep, unk, eos
+    variant: int = 0  # which kept teacher sample the rationale is (train { resample: epoch }); 0 = the first
 
 
 @dataclass(frozen=True)

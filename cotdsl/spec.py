@@ -169,6 +169,9 @@ class TrainCfg:
     checkpoint_every: int = 50  # optimizer steps between resumable checkpoints
     devices: int = 1  # processes (GPUs, or CPU processes over gloo) one training job runs on, data-parallel
     strategy: str = "ddp"  # ddp | fsdp (fsdp: CUDA only); used when devices > 1
+    # which of an hf teacher's kept samples an example trains on: "first" (every epoch), or "epoch"
+    # (SCoTD as published: a fresh kept sample each epoch, in a seeded order per example)
+    resample: str = "first"
 
 
 @dataclass(frozen=True)

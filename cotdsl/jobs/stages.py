@@ -218,6 +218,8 @@ def run_rank(job, store: Store, out: Path, progress: Progress = _no_progress) ->
 def run_render(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
     import polars as pl
 
+    from dataclasses import replace
+
     from ..render import Split, render
 
     ensure_plugins(job.plugins, job.plugin_paths)
@@ -229,16 +231,26 @@ def run_render(job, store: Store, out: Path, progress: Progress = _no_progress) 
     split = Split(exs)  # what swap(...) pairs examples within
     rows = []
     for i, e in enumerate(exs):
-        for r in render(e, job.condition, tok, seed=job.seed, rankings=rankings, max_len=job.max_len, split=split):
-            rows.append({"ex_id": r.ex_id, "task": r.task, "text": r.text, "input_ids": r.input_ids,
-                         "loss_mask": r.loss_mask, "weight": r.weight, "prompt_len": r.prompt_len,
-                         "label_span": list(r.label_span) if r.label_span else None,
-                         "spans": json.dumps(r.spans)})
+        # train { resample: epoch }: every kept teacher sample is rendered (variant j); train picks one per epoch
+        variants = (e.meta.get("rationales") or [e.rationale]) if job.resample == "epoch" else [e.rationale]
+        if rankings and len(variants) > 1:
+            raise ValueError("keytokens(..., by: ig) ranks each example's first kept rationale, but train "
+                             "{ resample: epoch } also trains on the others: use `resample: first` here")
+        for j, rationale in enumerate(variants):
+            for r in render(replace(e, rationale=rationale), job.condition, tok, seed=job.seed, rankings=rankings,
+                            max_len=job.max_len, split=split):
+                rows.append({"ex_id": r.ex_id, "task": r.task, "text": r.text, "input_ids": r.input_ids,
+                             "loss_mask": r.loss_mask, "weight": r.weight, "prompt_len": r.prompt_len,
+                             "label_span": list(r.label_span) if r.label_span else None,
+                             "spans": json.dumps(r.spans), "variant": j})
         progress(i + 1, len(exs))
     pl.DataFrame(rows).write_parquet(out / "rendered.parquet")
     n_tok = sum(len(r["input_ids"]) for r in rows)
     n_sup = sum(sum(r["loss_mask"]) for r in rows)
-    return {"sequences": len(rows), "tokens": n_tok, "supervised": n_sup}
+    info = {"sequences": len(rows), "tokens": n_tok, "supervised": n_sup}
+    if job.resample == "epoch":
+        info["rationales per example"] = round(len(rows) / max(1, len(exs) * len(job.condition.tasks)), 2)
+    return info
 
 
 def load_rendered(path: Path) -> list:
@@ -251,7 +263,7 @@ def load_rendered(path: Path) -> list:
     return [Rendered(ex_id=r["ex_id"], task=r["task"], text=r["text"], input_ids=list(r["input_ids"]),
                      loss_mask=list(r["loss_mask"]), weight=r["weight"], prompt_len=r["prompt_len"],
                      label_span=tuple(r["label_span"]) if r["label_span"] is not None else None,
-                     spans=[tuple(s) for s in json.loads(r["spans"])]) for r in rows]
+                     spans=[tuple(s) for s in json.loads(r["spans"])], variant=r.get("variant") or 0) for r in rows]
 
 
 def run_train(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:

@@ -111,6 +111,32 @@ def batch_order(lengths: Sequence[int], batch: int, seed: int, epoch: int) -> li
     return batches
 
 
+def resample_groups(seqs: Sequence[Any]) -> list[list[int]] | None:
+    """With several variants of a sequence (render's `train { resample: epoch }`: one per kept
+    teacher sample, `variant` 0, 1, ...), the indices of `seqs` grouped per (example, task) in
+    order of first appearance, each group in variant order; None when every sequence is variant 0
+    (each one is then trained every epoch)."""
+    if not any(getattr(s, "variant", 0) for s in seqs):
+        return None
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, s in enumerate(seqs):
+        groups.setdefault((s.ex_id, s.task), []).append(i)
+    return [sorted(g, key=lambda i: seqs[i].variant) for g in groups.values()]
+
+
+def epoch_pick(seqs: Sequence[Any], groups: list[list[int]], seed: int, epoch: int) -> list[int]:
+    """The sequences epoch `epoch` trains on: one variant per group. Each example walks through
+    its variants in an order drawn from (seed, example id), one per epoch, starting again after
+    the last, so consecutive epochs see different kept rationales while there are several; every
+    task of an example takes the same variant."""
+    out = []
+    for g in groups:
+        order = list(range(len(g)))
+        random.Random(f"cotdsl-resample:{seed}:{seqs[g[0]].ex_id}").shuffle(order)
+        out.append(g[order[epoch % len(g)]])
+    return out
+
+
 def collate(seqs: Sequence[Any], pad_id: int, max_len: int) -> dict[str, torch.Tensor]:
     """Right-pad a micro-batch to its own longest sequence.
 
@@ -168,9 +194,12 @@ def _fingerprint(seqs, cfg, seed: int) -> str:
     if c.get("devices", 1) == 1:  # one process: same fingerprint as before `devices` existed
         c.pop("devices", None)
         c.pop("strategy", None)
+    if c.get("resample", "first") == "first":  # likewise before `resample`
+        c.pop("resample", None)
     h = hashlib.sha256(json.dumps({"cfg": c, "seed": seed}, sort_keys=True).encode())
     for s in seqs:
-        h.update(json.dumps([list(s.input_ids), list(s.loss_mask), float(s.weight)]).encode())
+        h.update(json.dumps([list(s.input_ids), list(s.loss_mask), float(s.weight)]
+                            + ([s.ex_id, s.task, s.variant] if getattr(s, "variant", 0) else [])).encode())
     return h.hexdigest()[:16]
 
 
@@ -270,6 +299,9 @@ class _Seq:
     input_ids: list
     loss_mask: list
     weight: float
+    ex_id: str = ""  # these three: which variant of which sequence (train { resample: epoch })
+    task: int = 0
+    variant: int = 0
 
 
 @dataclass
@@ -458,7 +490,8 @@ def _train_distributed(model, tok, seqs, cfg, *, seed: int, out_dir: Path, progr
     tmp = out_dir / f".dist-init.pt.tmp{os.getpid()}"
     torch.save({"model": model, "tok": tok}, tmp)
     os.replace(tmp, init)
-    plain = [_Seq(list(s.input_ids), list(s.loss_mask), float(s.weight)) for s in seqs]
+    plain = [_Seq(list(s.input_ids), list(s.loss_mask), float(s.weight), getattr(s, "ex_id", ""),
+                  getattr(s, "task", 0), getattr(s, "variant", 0)) for s in seqs]
     try:
         distributed.launch(_dist_worker, cfg.devices, (str(init), plain, cfg, seed, str(out_dir), kind, compile),
                            on_report=progress, preload=(type(model).__module__,) + (("peft",) if cfg.lora else ()))
@@ -529,7 +562,12 @@ def _fit(model, tok, seqs, cfg, *, seed: int, out_dir: Path, progress, device: s
     if compile and split is not None:  # compile the body only; the gathered head is dynamic in N
         split = (torch.compile(split[0], dynamic=True), split[1])
 
-    per_epoch = len(batch_order(lengths, cfg.batch, seed, 0))
+    groups = resample_groups(seqs)  # None: every sequence every epoch; else one variant each per epoch
+
+    def epoch_seqs(e: int) -> list[int]:
+        return list(range(len(seqs))) if groups is None else epoch_pick(seqs, groups, seed, e)
+
+    per_epoch = len(batch_order([lengths[i] for i in epoch_seqs(0)], cfg.batch, seed, 0))
     total_micro = math.ceil(cfg.epochs * per_epoch)
     total = int(cfg.max_steps) if cfg.max_steps else max(1, math.ceil(total_micro / cfg.grad_accum))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -559,7 +597,8 @@ def _fit(model, tok, seqs, cfg, *, seed: int, out_dir: Path, progress, device: s
         e, k = divmod(m, per_epoch)
         if e not in orders:
             orders.clear()
-            orders[e] = batch_order(lengths, cfg.batch, seed, e)
+            pick = epoch_seqs(e)
+            orders[e] = [[pick[i] for i in b] for b in batch_order([lengths[i] for i in pick], cfg.batch, seed, e)]
         return orders[e][k]
 
     tokens, t0 = 0, time.perf_counter()

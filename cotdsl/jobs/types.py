@@ -94,6 +94,7 @@ class RenderJob(_PerCondition):
     max_len: int
     plugins: tuple[str, ...] = ()  # modules a worker imports so the spec's perturbations exist
     plugin_paths: tuple[str, ...] = ()  # folders those modules are found in (beside the spec)
+    resample: str = "first"  # "epoch": render every kept teacher sample (train picks one per epoch)
 
 
 @dataclass(frozen=True, kw_only=True)

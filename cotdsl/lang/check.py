@@ -80,7 +80,7 @@ SECTIONS = {
         spec.TrainCfg, epochs=_POSITIVE, lr=_POSITIVE, batch=_COUNT, max_len={"lo": 8}, warmup={"lo": 0, "hi": 1},
         weight_decay={"lo": 0}, grad_accum=_COUNT, max_steps=_COUNT, lora=_COUNT,
         precision={"choices": ("auto", "fp32", "bf16")}, checkpoint_every=_COUNT, devices=_COUNT,
-        strategy={"choices": ("ddp", "fsdp")})),
+        strategy={"choices": ("ddp", "fsdp")}, resample={"choices": ("first", "epoch")})),
     "eval": (spec.EvalCfg, _entries(spec.EvalCfg, by={"choices": ("auto", "rank", "generate")},
                                     max_new_tokens=_COUNT, batch=_COUNT)),
     "probe": (spec.ProbeCfg, _entries(spec.ProbeCfg, lenses={"choices": ("logit", "tuned"), "alias": "lens"},

@@ -99,3 +99,39 @@ def test_engine_and_shards_are_checked():
         check_source(base.replace("filter: false", 'filter: false, engine: "vlm"'), "x.cot")
     with pytest.raises(CotError, match="shards"):
         check_source(base.replace("filter: false", "filter: false, shards: 0"), "x.cot")
+
+
+def test_resample_epoch_renders_every_kept_sample(tiny_dir, tmp_path, monkeypatch):
+    """train { resample: epoch } end to end: the render job renders each kept sample (variant j),
+    its key covers the setting, and the teacher job's diagnostics give the kept rate."""
+    from rich.console import Console
+
+    from cotdsl.jobs.stages import load_examples, load_rendered
+    from cotdsl.run import run
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COTDSL_CACHE", str(tmp_path / "models"))
+    text = SPEC.format(model=tiny_dir, extra="").replace("\n}\n", "\n  train { epochs: 2, batch: 4, resample: epoch }\n}\n")
+    spec = tmp_path / "r.cot"
+    spec.write_text(text)
+    plan = make_plan(check_source(text, str(spec)))
+    first = make_plan(check_source(text.replace("resample: epoch", "resample: first"), str(spec)))
+    (render,), (render1,) = plan.by_stage("render"), first.by_stage("render")
+    assert (render.resample, render1.resample) == ("epoch", "first") and render.key != render1.key
+    assert plan.by_stage("teacher")[0].key == first.by_stage("teacher")[0].key  # the samples are shared
+    assert run(spec, console=Console(file=open("/dev/null", "w")), cache=tmp_path / "c", out=tmp_path / "r") == 0
+    (teacher,) = plan.by_stage("teacher")
+    kept = {e.id: e.meta["rationales"] for e in load_examples(tmp_path / "c" / teacher.id / "train.jsonl")}
+    rows = load_rendered(tmp_path / "c" / render.id)
+    by_ex = {}
+    for r in rows:
+        by_ex.setdefault(r.ex_id, []).append(r)
+    assert {x: [r.variant for r in rs] for x, rs in by_ex.items()} == {x: list(range(len(k))) for x, k in kept.items()}
+    assert any(len(k) > 1 for k in kept.values())
+    for x, rs in by_ex.items():  # variant j is rendered from kept sample j
+        assert all(r.text.endswith(kept[x][r.variant].strip()) for r in rs)
+    diag = json.loads((tmp_path / "c" / teacher.id / "diagnostics.json").read_text())
+    assert diag["scotd"]["samples"] == 2 and diag["scotd"]["filter"] is False
+    assert diag["scotd"]["kept_mean"] == sum(map(len, kept.values())) / 10
+    saved = json.loads((tmp_path / "r" / "shards" / "teacher.json").read_text())
+    assert saved[0]["scotd"] == diag["scotd"]

@@ -230,3 +230,60 @@ def test_device_precision_and_rng_helpers(monkeypatch):
     dev.set_rng_state(state)
     b = (random.random(), torch.rand(3), __import__("numpy").random.rand())
     assert a[0] == b[0] and torch.equal(a[1], b[1]) and a[2] == b[2]
+
+
+# ---- train { resample: epoch }: a fresh kept rationale per epoch ----------------------------------
+@dataclass(frozen=True)
+class V:  # a rendered sequence with the kept teacher sample it was rendered from
+    input_ids: list
+    loss_mask: list
+    weight: float = 1.0
+    ex_id: str = ""
+    task: int = 0
+    variant: int = 0
+
+
+def variant_seqs(tok, kept=(3, 2, 1, 1), tasks=1):
+    out = []
+    for i, n in enumerate(kept):
+        for j in range(n):
+            ids = tok(TEXTS[4 * i + j])["input_ids"]
+            out += [V(ids, [0] * 3 + [1] * (len(ids) - 3), 1.0, f"e{i}", t, j) for t in range(tasks)]
+    return out
+
+
+def test_resample_groups_and_picks(tok):
+    assert tr.resample_groups(make_seqs(tok, n=4)) is None  # no variants: every sequence every epoch
+    seqs = variant_seqs(tok, tasks=2)
+    groups = tr.resample_groups(seqs)
+    assert [[(seqs[i].ex_id, seqs[i].task, seqs[i].variant) for i in g] for g in groups][:2] == \
+        [[("e0", 0, 0), ("e0", 0, 1), ("e0", 0, 2)], [("e0", 1, 0), ("e0", 1, 1), ("e0", 1, 2)]]
+    picks = [[(seqs[i].ex_id, seqs[i].task, seqs[i].variant) for i in tr.epoch_pick(seqs, groups, 0, e)]
+             for e in range(4)]
+    assert all(len(p) == len(groups) == 8 for p in picks)
+    e0 = [{t: v for x, t, v in p if x == "e0"} for p in picks]
+    assert all(d[0] == d[1] for d in e0)  # every task of an example takes the same kept rationale
+    assert sorted(d[0] for d in e0[:3]) == [0, 1, 2] and e0[3] == e0[0]  # each in turn, then again
+    assert picks == [[(seqs[i].ex_id, seqs[i].task, seqs[i].variant) for i in tr.epoch_pick(seqs, groups, 0, e)]
+                     for e in range(4)]  # deterministic
+    assert any(tr.epoch_pick(seqs, groups, s, 0) != tr.epoch_pick(seqs, groups, 0, 0) for s in range(1, 8))
+
+
+def test_resample_trains_each_epoch_on_another_kept_rationale(tok, tmp_path, monkeypatch):
+    seqs = variant_seqs(tok)
+    real = tr.collate
+
+    def run(seed, where):
+        seen = []
+        monkeypatch.setattr(tr, "collate", lambda ss, *a: seen.append({s.ex_id: s.variant for s in ss}) or real(ss, *a))
+        cfg = TrainCfg(epochs=3, lr=1e-3, batch=4, precision="fp32", resample="epoch")
+        res = tr.train(model_for(tok), tok, seqs, cfg, seed=seed, out_dir=tmp_path / where)
+        assert res.steps == 3  # one sequence per example and epoch: one batch of 4 per epoch
+        return seen
+
+    seen = run(0, "a")
+    assert sorted(b["e0"] for b in seen) == [0, 1, 2]  # three epochs, three different kept rationales
+    assert seen[0]["e1"] != seen[1]["e1"] and seen[2]["e1"] == seen[0]["e1"]
+    assert all(b["e2"] == 0 and b["e3"] == 0 for b in seen)  # one kept sample: every epoch
+    assert run(0, "b") == seen  # the same seed, the same rationales in the same epochs
+    assert any(run(s, f"s{s}") != seen for s in (1, 2, 3))

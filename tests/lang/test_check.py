@@ -185,3 +185,10 @@ def test_keytokens_scorer_must_name_student_teacher_or_a_plain_target():
         check_source(base.format(scorer='"teacher"'), "x.cot")
     with _pytest.raises(CotError, match="itself trains on IG key tokens"):
         check_source(base.format(scorer='"keys"'), "x.cot")
+
+
+def test_train_resample_is_first_or_epoch():
+    assert exp("target a = label -> rationale").train.resample == "first"
+    assert exp("target a = label -> rationale", "train { epochs: 3, resample: epoch }").train.resample == "epoch"
+    with pytest.raises(CotError, match="`resample` cannot be `always`"):
+        exp("target a = label -> rationale", "train { resample: always }")
