@@ -32,8 +32,6 @@ class Split:
     def __init__(self, examples: Sequence[Any]):
         self.examples = list(examples)
         self.index = {e.id: i for i, e in enumerate(self.examples)}
-        if len(self.index) != len(self.examples):
-            raise ValueError("a split's example ids must be unique")
         self._perms: dict[tuple[int, str], list[int]] = {}
 
     def derangement(self, seed: int, salt: str = "") -> list[int]:
@@ -42,6 +40,8 @@ class Split:
         key = (seed, salt)
         if key not in self._perms:
             n = len(self.examples)
+            if len(self.index) != n:  # checked here, not when built: only pairing needs unique ids
+                raise ValueError("pairing the examples of a split needs unique example ids")
             if n < 2:
                 raise ValueError(f"a derangement needs at least 2 examples, the split has {n}")
             rng = random.Random(stable_seed(seed, "derangement", salt, *self.index))

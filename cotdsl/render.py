@@ -22,6 +22,7 @@ ids, as in lm-evaluation-harness) sees the very tokens training saw. Joining rul
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -239,16 +240,26 @@ def _render_task(ex: Example, cond: Condition, tok, seed: int, ti: int, task: Ta
     return Rendered(ex.id, ti, text, ids, mask, float(task.weight), spans[0][2], label_span, spans)
 
 
+def _units(text: str, specials: frozenset[str]) -> list[str]:
+    """What `_shorten` drops from the end: whitespace words, and each special token glued to its
+    neighbours (a mask fill, `unk(like: rationale)`'s run of mask tokens) as a unit of its own;
+    `_join_words` puts them back together."""
+    if not specials:
+        return text.split()
+    glued = re.compile("(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")")
+    return [u for w in text.split() for u in glued.split(w) if u]
+
+
 def _shorten(tok, prompt, task, segs, max_len, ex, specials):
-    """Drop trailing words of rationale-bearing segments (last segment first, binary search on the
-    word count) until the sequence fits; the prompt and the label are never shortened."""
+    """Drop trailing units of rationale-bearing segments (last segment first, binary search on the
+    unit count) until the sequence fits; the prompt and the label are never shortened."""
     segs = list(segs)
-    words = {i: s[1].split() for i, s in enumerate(segs) if reads(task.segments[i], "rationale")}
+    words = {i: _units(s[1], specials) for i, s in enumerate(segs) if reads(task.segments[i], "rationale")}
     for i in sorted(words, reverse=True):
         kind, _, is_lit = segs[i]
 
         def fits(n: int) -> bool:
-            trial = segs[:i] + [(kind, " ".join(words[i][:n]), is_lit)] + segs[i + 1:]
+            trial = segs[:i] + [(kind, _join_words(words[i][:n], specials), is_lit)] + segs[i + 1:]
             return len(_sequence(tok, prompt, join_segments(trial, specials))[0]) <= max_len
 
         lo, hi = 0, len(words[i])  # invariant: fits(hi) is False
@@ -256,7 +267,7 @@ def _shorten(tok, prompt, task, segs, max_len, ex, specials):
             while hi - lo > 1:
                 mid = (lo + hi) // 2
                 lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-            segs[i] = (kind, " ".join(words[i][:lo]), is_lit)
+            segs[i] = (kind, _join_words(words[i][:lo], specials), is_lit)
             return _sequence(tok, prompt, join_segments(segs, specials))
         segs[i] = (kind, "", is_lit)
     n = len(_sequence(tok, prompt, join_segments(segs, specials))[0])

@@ -181,6 +181,9 @@ def test_split_derangement_has_no_fixed_point_and_is_seeded(n):
         perturb.Split(SPLIT[:1]).derangement(0)
     with pytest.raises(ValueError, match="not in the split"):
         split.partner("nope", 0)
+    dup = perturb.Split(SPLIT[:2] + SPLIT[:1])  # built fine (render builds one for every target) ...
+    with pytest.raises(ValueError, match="unique example ids"):
+        dup.partner(SPLIT[0].id, 0)  # ... but cannot pair
 
 
 def test_swap_takes_the_partner_examples_input():

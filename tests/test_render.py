@@ -230,6 +230,11 @@ def test_unk_like_rationale_matches_the_rationales_length(tok):
     assert [k for k, _, _ in r.spans] == ["prompt", "label", "sep", "unk", "eos"]
     (w,) = render(EX, cond("ulw", L, call("unk", like=R, unit="word")), tok, seed=0)
     assert w.input_ids.count(tok.mask_token_id) == len(EX.rationale.split())
+    # cut to max_len like the rationale it matches: the run of mask tokens, not all of it
+    cut = len(plain.input_ids) - 5
+    (short,) = render(EX, cond("ul", L, call("unk", like=R)), tok, seed=0, max_len=cut)
+    assert len(short.input_ids) == cut >= len(render(EX, cond("after", L, R), tok, seed=0, max_len=cut)[0].input_ids)
+    assert short.input_ids.count(tok.mask_token_id) == n_tok - 5
     # before the label it needs the rationale: evaluated by generation, no rank context
     c = Condition("ub", "ub", (), (Task((call("unk", like=R), L)),), "generate")
     assert c.tasks[0].rationale_before_label() and eval_context(EX, c, tok, seed=0) is None
