@@ -13,7 +13,7 @@ from cotdsl.errors import Collector, did_you_mean
 from . import ast
 from .fmt import expect as expect_text, value as value_text
 from .params import BAD, Param, coerce
-from .targets import _scalar as scalar  # the sweep values' own reader
+from .targets import scalar  # the sweep values' own reader
 
 METRICS = {"acc": "test accuracy", "commit": "the lens commit layer (needs a `probe` section)"}
 ALPHA = 0.05

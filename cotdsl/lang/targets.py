@@ -24,7 +24,9 @@ UNITS = ("word", "token")
 KEYTOKENS_BY = ("ig", "random", "placeholder", "field:*")
 
 
-def _scalar(v: ast.Value, col: Collector, var: str) -> Any:
+def scalar(v: ast.Value, col: Collector, var: str) -> Any:
+    """A sweep value or an expectation's sweep point: a number, a string or a bare word (else an
+    error on `col`, and BAD)."""
     if isinstance(v, ast.Num):
         return v.value
     if isinstance(v, ast.Str):
@@ -75,7 +77,7 @@ def build_conditions(t: ast.Target, eval_by: str, col: Collector, notes: list[st
                 continue
             vals, seen = [], set()
             for v in var.values:
-                x = _scalar(v, col, var.name)
+                x = scalar(v, col, var.name)
                 if x is BAD:
                     continue
                 if (type(x), x) in seen:
