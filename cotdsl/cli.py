@@ -40,19 +40,32 @@ def guard():
         raise typer.Exit(2)
 
 
-def _load(path: Path):
+def _load(path: Path, library: bool = False):
     from cotdsl.lang import load
-    return load(path)
+    return load(path, library=library)
+
+
+def _counted(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 @app.command()
 def check(files: List[Path] = typer.Argument(..., help="spec files (.cot)")):
-    """Parse and check spec files; print `ok` or every error of each. Exit 1 on any error."""
+    """Parse and check spec files; print `ok` or every error of each. Exit 1 on any error. A file
+    without an experiment block is checked as a library (declarations for `import`)."""
     failed = 0
     for f in files:
         try:
             with guard():
-                exp = _load(f)
+                exp = _load(f, library=True)
+                if not exp.name:  # a library: declarations only, for `import`
+                    parts = [_counted(len(exp.data), "data source"), _counted(int(exp.teacher is not None), "teacher"),
+                             _counted(len(exp.students), "student"), _counted(len(exp.conditions), "condition")]
+                    out.print(f"[green]ok[/green] {f}: library (no experiment block): {', '.join(parts)}",
+                              soft_wrap=True)
+                    for note in exp.notes:
+                        out.print(f"  note: {note}", markup=False, soft_wrap=True)
+                    continue
                 n = len(exp.conditions) * len(exp.students) * len(exp.data) * len(exp.seeds)
                 out.print(f"[green]ok[/green] {f}: experiment {exp.name}, {len(exp.conditions)} conditions, "
                           f"{n} training runs")

@@ -38,6 +38,26 @@ def test_check_missing_file(tmp_path):
     assert r.exit_code == 1 and "cannot read" in r.output
 
 
+def test_check_accepts_a_library_file(tmp_path):
+    """A file without an experiment block (what `import` merges) is checked as a library: its
+    declarations as written, no section required; `plan` still needs an experiment (#11)."""
+    r = run("check", ROOT / "specs/lib/common.cot")
+    assert r.exit_code == 0, r.output
+    assert "ok " in r.output and "library (no experiment block): 1 data source, 1 teacher, 1 student, " \
+        "1 condition" in r.output
+    lib = tmp_path / "lib.cot"
+    lib.write_text('student s = smollm2\ntarget t = label -> rationale\n')  # no data, teacher: still fine
+    r = run("check", lib)
+    assert r.exit_code == 0 and "0 data sources, 0 teachers, 1 student, 1 condition" in r.output, r.output
+    bad = tmp_path / "bad.cot"
+    bad.write_text('data d = builtin("facts", train: 4, test: 2)\ntarget x = label -> shufle(rationale)\n')
+    r = run("check", bad)
+    assert r.exit_code == 1 and "bad.cot:2:21: error: unknown perturbation `shufle`" in r.output
+    assert "no `experiment" not in r.output
+    r = run("plan", ROOT / "specs/lib/common.cot")
+    assert r.exit_code == 1 and "no `experiment NAME { ... }` block in this file" in r.output
+
+
 def test_plan_counts():
     r = run("plan", ROOT / "specs/mask_sweep.cot")
     assert r.exit_code == 0, r.output

@@ -90,21 +90,26 @@ SECTIONS = {
 }
 
 
-def load(path: str | Path) -> spec.Experiment:
-    """Read, parse and check a .cot file. Raises CotError."""
-    return check_source(read_source(path), str(path))
+def load(path: str | Path, *, library: bool = False) -> spec.Experiment:
+    """Read, parse and check a .cot file. Raises CotError.
+
+    `library=True` also accepts a file without an `experiment` block (what `import` merges):
+    everything it declares is checked as written, no section is required, and the Experiment
+    returned is named "" (its teacher None when it declares none)."""
+    return check_source(read_source(path), str(path), library=library)
 
 
-def check_source(text: str | bytes, path: str = "<string>") -> spec.Experiment:
+def check_source(text: str | bytes, path: str = "<string>", *, library: bool = False) -> spec.Experiment:
     """Parse and check one spec given as text (imports are read relative to `path`)."""
     if isinstance(text, bytes):
         text = decode(text, path)
-    return _Checker(path).run(text)
+    return _Checker(path, library=library).run(text)
 
 
 class _Checker:
-    def __init__(self, path: str):
+    def __init__(self, path: str, library: bool = False):
         self.path = path
+        self.library = library  # a file without an experiment block is a library (set per file in run_parsed)
         self.real = not (path.startswith("<") and path.endswith(">"))
         self.col = Collector()
         self.notes: list[str] = []
@@ -165,7 +170,8 @@ class _Checker:
         files: list[ast.File] = []
         self._gather(main, [path], {path}, files)
         exps = main.experiments
-        if not exps:
+        self.library = self.library and not exps
+        if not exps and not self.library:
             self.col.error(Pos(self.path, 1, 1), "no `experiment NAME { ... }` block in this file")
         for extra in exps[1:]:
             self.col.error(extra.pos, f"a file declares one experiment; `{extra.name}` is a second one")
@@ -181,7 +187,8 @@ class _Checker:
         plugins = list(first.values())
         self._load_plugins(plugins)
         at = exps[0].pos if exps else Pos(self.path, 1, 1)
-        exp = self._experiment(exps[0].name if exps else "experiment", path, stmts, plugins, at)
+        exp = self._experiment(exps[0].name if exps else "" if self.library else "experiment", path, stmts,
+                               plugins, at)
         self.col.raise_if_any()
         return exp
 
@@ -259,10 +266,10 @@ class _Checker:
         end = at
         for kind, what in (("data", "a `data` declaration"), ("teacher", "a `teacher`"),
                            ("student", "a `student`")):
-            if not decls[kind]:
+            if not decls[kind] and not self.library:
                 self.col.error(end, f"missing required section: {what}",
                                hint=f"e.g. `{_EXAMPLE[kind]}`")
-        if not targets:
+        if not targets and not self.library:
             self.col.error(end, "missing required section: at least one `target`",
                            hint="e.g. `target after = label -> rationale`")
         if len(decls["teacher"]) > 1:
