@@ -30,6 +30,7 @@ _EXPORTS = {
     "IGItem": "interp.attribution", "IGResult": "interp.attribution",
     "ig_word_scores": "interp.attribution",
     "print_attribution": "interp.view", "attribution_png": "interp.view",
+    "DLAResult": "interp.dla", "dla": "interp.dla", "label_sites": "interp.dla",
 }
 
 __all__ = sorted(_EXPORTS)
