@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from cotdsl.jobs import device as dev
-from cotdsl.jobs.train import _split_head
+from cotdsl.jobs.train import split_head
+from interp.lens import pad_right
 
 
 def _model_device(model) -> torch.device:
@@ -48,14 +49,8 @@ def _forward(model, split, **kw):
 
 
 def _pad(rows: Sequence[Sequence[int]], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and mask `[B, T]` (pad id 0 is never attended to)."""
-    T = max(len(r) for r in rows)
-    ids = torch.zeros((len(rows), T), dtype=torch.long)
-    att = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(list(r), dtype=torch.long)
-        att[i, :len(r)] = 1
-    return ids.to(device), att.to(device)
+    """Right-padded ids and mask `[B, T]` on `device` (pad id 0 is never attended to)."""
+    return tuple(t.to(device) for t in pad_right(rows, 0))
 
 
 @torch.no_grad()
@@ -112,7 +107,7 @@ def rank(model, items: Sequence[Any], *, batch: int = 16, progress: Callable[[in
     model.eval()
     device = _model_device(model)
     amp = dev.autocast_dtype(precision, device)
-    split = _split_head(model)
+    split = split_head(model)
     # similar context lengths together: less padding
     order = sorted(range(len(items)), key=lambda i: len(items[i].context_ids))
     results: list[dict | None] = [None] * len(items)

@@ -444,10 +444,11 @@ def run_probe(job, store: Store, out: Path, progress: Progress = _no_progress) -
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     def tuned():
+        from interp.lens import pad_right
         from interp.tuned import cached_tuned_lens
 
         rendered = [r.input_ids for r in load_rendered(job_dir(store, job.render_job))]
-        batches = [_pad(rendered[i:i + 8], pad) for i in range(0, len(rendered), 8)]
+        batches = [pad_right(rendered[i:i + 8], pad) for i in range(0, len(rendered), 8)]
         return cached_tuned_lens(model, job_dir(store, job.train_job), batches, steps=cfg.tuned_steps,
                                  seed=job.seed)
 
@@ -536,13 +537,6 @@ def lens_frame(model, tok, examples, cond, seed, lenses, *, tuned=None, progress
             if progress:
                 progress(min(start + batch, len(items)), len(items))
     return pl.DataFrame(rows)
-
-
-def _pad(seqs: list[list[int]], pad: int):
-    """Right-padded ids and attention mask, both [B, T]."""
-    from interp.lens import pad_right
-
-    return pad_right(seqs, pad)
 
 
 def ensure_plugins(modules: tuple[str, ...], paths: tuple[str, ...]) -> None:

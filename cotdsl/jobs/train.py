@@ -45,6 +45,7 @@ import torch
 import torch.distributed
 import torch.nn.functional as F
 
+from cotdsl.cache import atomic_write_json
 from cotdsl.errors import CotError, Diagnostic
 from cotdsl.jobs import device as dev
 
@@ -155,7 +156,7 @@ def collate(seqs: Sequence[Any], pad_id: int, max_len: int) -> dict[str, torch.T
     return {"input_ids": ids, "attention_mask": att, "loss_mask": lm * att, "weight": w}
 
 
-def _split_head(model):
+def split_head(model):
     """(body, lm_head, softcap) when logits = lm_head(body(...).last_hidden_state) exactly, else None."""
     m = model.get_base_model() if hasattr(model, "get_base_model") else model
     cfg = getattr(m, "config", None)
@@ -242,12 +243,6 @@ def _read_ckpt(path: Path, fp: str, device) -> tuple[dict[str, torch.Tensor], di
                             "remove it or use another output directory", cause="stale checkpoint")
     weights = load_file(str(path / "weights.safetensors"), device=str(device))
     return weights, torch.load(path / "state.pt", weights_only=True, map_location=device)
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def _load_finished(model, out_dir: Path) -> TrainResult:
@@ -558,7 +553,7 @@ def _fit(model, tok, seqs, cfg, *, seed: int, out_dir: Path, progress, device: s
     if cfg.lora:
         model = _wrap_lora(model, int(cfg.lora))
     model.train()
-    split = _split_head(model)
+    split = split_head(model)
     if compile and split is not None:  # compile the body only; the gathered head is dynamic in N
         split = (torch.compile(split[0], dynamic=True), split[1])
 
@@ -684,7 +679,7 @@ def _fit(model, tok, seqs, cfg, *, seed: int, out_dir: Path, progress, device: s
     res = TrainResult(losses=losses, steps=step, tokens=tokens, tokens_per_s=tokens / max(elapsed, 1e-9),
                       time_s=elapsed, resumed_from=resumed_from, device=where,
                       model_dir=str(model_dir), truncated=truncated)
-    _write_json(out_dir / "train.json", res.to_json())
+    atomic_write_json(out_dir / "train.json", res.to_json())
     shutil.rmtree(ckpt_root, ignore_errors=True)  # finished: the final model supersedes checkpoints
     res.model = model
     return res

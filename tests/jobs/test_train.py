@@ -58,8 +58,8 @@ def test_gathered_loss_equals_full_logits_weighted(tok):
         model = model_for(tok, arch)
         model.eval()
         b = tr.collate(seqs, tok.pad_token_id, 256)
-        got, n = tr.micro_loss(model, tr._split_head(model), b, None, torch.device("cpu"))
-        assert tr._split_head(model) is not None
+        got, n = tr.micro_loss(model, tr.split_head(model), b, None, torch.device("cpu"))
+        assert tr.split_head(model) is not None
         # naive: full logits for every position of every sequence, padded positions excluded
         want, cnt = 0.0, 0
         for s in seqs:
