@@ -56,6 +56,14 @@ class IGItem:
     label: str
 
 
+# An item is *degenerate* when |f(x) - f(baseline)| < DEGENERATE_GAP nats: moving the rationale
+# from the baseline to its real embeddings barely changes the label's log-prob (a factor of at
+# most e^0.001 ~ 1.001 on its probability), so by completeness the word scores sum to ~0 and
+# their order is set by rounding and the discretisation error, not by the rationale.
+DEGENERATE_GAP = 1e-3
+FALLBACKS = ("order", "random")
+
+
 @dataclass
 class IGResult:
     """Attribution of one item. Lists of tokens are the rationale's tokens only.
@@ -64,6 +72,10 @@ class IGResult:
     order) — the ranking format `keytokens(rationale, k, by: ig)` consumes.
     `token_word[j]` is the index of the word that received most of token j's score.
     `rel_delta` is None when f(x) == f(baseline) (the ratio is undefined).
+    `gap` = f(x) - f(baseline); `degenerate` is True when |gap| < the threshold the scores were
+    computed with (`ig_word_scores(min_gap=...)`, default DEGENERATE_GAP = 1e-3 nats): the
+    ranking carries no signal and `top_words(k, fallback=...)` can replace it by a stated rule.
+    Results saved before these fields existed get them from f_x, f_baseline and DEGENERATE_GAP.
     """
 
     words: list[str]
@@ -78,10 +90,30 @@ class IGResult:
     baseline: str
     steps: int
     meta: dict = field(default_factory=dict)
+    gap: float | None = None
+    degenerate: bool | None = None
 
-    def top_words(self, k: int) -> list[int]:
-        """Indices of the k highest-scoring words (ties broken by position), in rank order."""
-        order = sorted(range(len(self.words)), key=lambda i: (-self.word_scores[i], i))
+    def __post_init__(self):
+        if self.gap is None:
+            self.gap = self.f_x - self.f_baseline
+        if self.degenerate is None:
+            self.degenerate = bool(abs(self.gap) < DEGENERATE_GAP)
+
+    def top_words(self, k: int, fallback: str | None = None, seed: int = 0) -> list[int]:
+        """Indices of the k highest-scoring words (ties broken by position), in rank order.
+
+        fallback applies to degenerate items only: None ranks by the scores anyway; "order"
+        takes the first k words of the rationale; "random" a random k (seeded by `seed`)."""
+        if fallback is not None and fallback not in FALLBACKS:
+            raise ValueError(f"unknown fallback {fallback!r}; choose one of {', '.join(FALLBACKS)} or None")
+        n = len(self.words)
+        if self.degenerate and fallback == "order":
+            return list(range(min(k, n)))
+        if self.degenerate and fallback == "random":
+            import random
+
+            return random.Random(seed).sample(range(n), min(k, n))
+        order = sorted(range(n), key=lambda i: (-self.word_scores[i], i))
         return order[:k]
 
     def to_dict(self) -> dict:
@@ -437,7 +469,8 @@ def _ig_captum(model, prep: list[_Prepared], base_id: int, steps: int, internal_
 
 
 def ig_word_scores(model, tok, items: Sequence[IGItem], *, baseline: str = "zero", steps: int = 20,
-                   internal_batch_size: int = 20, sep: str = "\nAnswer:", method: str = "fast") -> list[IGResult]:
+                   internal_batch_size: int = 20, sep: str = "\nAnswer:", method: str = "fast",
+                   min_gap: float = DEGENERATE_GAP) -> list[IGResult]:
     """Integrated-Gradients scores of each item's rationale words for the gold label's log-prob.
 
     model: a HF causal LM (its forward must accept `inputs_embeds`, `position_ids`, a KV cache
@@ -450,6 +483,8 @@ def ig_word_scores(model, tok, items: Sequence[IGItem], *, baseline: str = "zero
     the same scores up to float rounding (tests/interp/test_attribution.py).
     `internal_batch_size` bounds the rows per forward: (item, step) rows for "fast",
     interpolation steps of one item for "captum"; results do not depend on it beyond rounding.
+    min_gap: an item with |f(x) - f(baseline)| < min_gap nats is flagged `degenerate` (its
+    scores sum to ~0 and their order is noise; see DEGENERATE_GAP).
     """
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
@@ -459,6 +494,8 @@ def ig_word_scores(model, tok, items: Sequence[IGItem], *, baseline: str = "zero
         raise ValueError(f"internal_batch_size must be a positive integer, not {internal_batch_size!r}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if not min_gap >= 0:
+        raise ValueError(f"min_gap must be a non-negative number of nats, not {min_gap!r}")
     for it in items:
         if not isinstance(it, IGItem):
             raise ValueError(f"items must be IGItem(context, rationale, label), got {type(it).__name__}")
@@ -486,7 +523,9 @@ def ig_word_scores(model, tok, items: Sequence[IGItem], *, baseline: str = "zero
             f_x=fx, f_baseline=fb, delta=d,
             rel_delta=None if rel is None or math.isnan(rel) else float(rel),
             baseline=baseline, steps=steps,
-            meta={"n_tokens": int(p.ids.shape[0]), "n_label_tokens": int(p.label_ids.numel()), "method": method}))
+            meta={"n_tokens": int(p.ids.shape[0]), "n_label_tokens": int(p.label_ids.numel()), "method": method,
+                  "min_gap": min_gap},
+            gap=gap, degenerate=bool(abs(gap) < min_gap)))
     return results
 
 

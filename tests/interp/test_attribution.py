@@ -287,3 +287,55 @@ def test_view_rejects_mismatched_scores():
 
     with pytest.raises(ValueError, match="one score per word"):
         shaded_text(["a", "b"], [1.0])
+
+
+# ---- degenerate items: f(x) == f(baseline) ----
+
+def _deaf(tok, arch):
+    """A tiny model whose attention writes nothing: each position sees only its own token, so the
+    label's log-prob cannot depend on the rationale and f(x) == f(baseline) exactly."""
+    m = tiny_model(tok, arch=arch, layers=2, d_model=32, heads=4, seed=0)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith(("o_proj.weight", "attn.c_proj.weight", "attn.c_proj.bias")):
+                p.zero_()
+    return m
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_degenerate_item_is_flagged_and_falls_back(tok, arch):
+    m = _deaf(tok, arch)
+    res = ig_word_scores(m, tok, ITEMS, baseline="zero", steps=8)
+    for r in res:
+        assert r.f_x == r.f_baseline and r.gap == 0.0 and r.rel_delta is None
+        assert r.degenerate is True and r.meta["min_gap"] == 1e-3
+        assert all(s == 0.0 for s in r.word_scores)  # no gradient reaches the rationale
+        assert r.top_words(3, fallback="order") == [0, 1, 2]
+        rnd = r.top_words(3, fallback="random", seed=5)
+        assert len(set(rnd)) == 3 and rnd == r.top_words(3, fallback="random", seed=5)
+        assert r.top_words(3) == [0, 1, 2]  # score ranking of all-zero scores: position order
+    with pytest.raises(ValueError, match="fallback"):
+        res[0].top_words(2, fallback="longest")
+
+
+def test_non_degenerate_items_and_the_threshold(model, tok):
+    from cotdsl.tiny import sharpen
+
+    # The default-initialised tiny models are nearly uniform: some gaps fall under 1e-3 nats.
+    for r in ig_word_scores(model, tok, ITEMS, baseline="zero", steps=4):
+        assert r.gap == r.f_x - r.f_baseline and r.degenerate == (abs(r.gap) < 1e-3)
+    sharp = sharpen(tiny_model(tok, arch="llama", layers=2, d_model=32, heads=4, seed=0), 1)
+    res = ig_word_scores(sharp, tok, ITEMS, baseline="zero", steps=4)
+    for r in res:
+        assert abs(r.gap) > 1e-2 and r.degenerate is False
+        assert r.top_words(2, fallback="order") == r.top_words(2)  # fallback only for degenerate items
+    big = ig_word_scores(sharp, tok, ITEMS[:1], baseline="zero", steps=4, min_gap=1e6)[0]
+    assert big.degenerate is True and big.meta["min_gap"] == 1e6
+    with pytest.raises(ValueError, match="min_gap"):
+        ig_word_scores(model, tok, ITEMS, min_gap=-1)
+    # Results saved before the fields existed get them from f_x, f_baseline and the default.
+    old = {k: v for k, v in res[0].to_dict().items() if k not in ("gap", "degenerate")}
+    back = IGResult.from_dict(old)
+    assert back.gap == res[0].gap and back.degenerate is False
+    flat = IGResult.from_dict(dict(old, f_x=-2.0, f_baseline=-2.0005))
+    assert flat.degenerate is True
