@@ -244,6 +244,8 @@ def probe(run_dir: Optional[Path] = typer.Argument(None, help="a run folder whos
           target: str = typer.Option("label", "--target", help='how the checkpoint was trained, e.g. "label -> rationale"'),
           lens: str = typer.Option("logit", "--lens", help="logit, tuned or logit,tuned"),
           n: int = typer.Option(64, "-n", help="examples to probe"),
+          quantity: str = typer.Option("choice", "--quantity",
+                                       help="choice: P(gold) renormalised over the choices; full: full vocabulary"),
           png: bool = typer.Option(True, "--png/--no-png")):
     """Layer-by-layer confidence in the label (logit / tuned lens) for a run or a checkpoint."""
     from cotdsl.run import probe as _probe
@@ -253,8 +255,10 @@ def probe(run_dir: Optional[Path] = typer.Argument(None, help="a run folder whos
         bad = [x for x in lenses if x not in ("logit", "tuned")]
         if bad:
             raise CotError(f"--lens: unknown lens {bad[0]!r} (logit, tuned)")
+        if quantity not in ("choice", "full"):
+            raise CotError(f"--quantity: unknown quantity {quantity!r} (choice, full)")
         raise typer.Exit(_probe(run_dir, checkpoint=checkpoint, data=data, target=target, lenses=lenses,
-                                n=n, console=out, png=png))
+                                n=n, console=out, png=png, quantity=quantity))
 
 
 def main() -> None:  # pragma: no cover - `python -m cotdsl.cli`

@@ -171,10 +171,51 @@ def print_summary(run_dir: Path, console: Console) -> None:
     console.print(t)
     for r in summary.filter(pl.col("failed") > 0).iter_rows(named=True):
         console.print(f"[red]{escape(r['condition'])}[/]: {r['failed']} evaluation(s) did not finish: "
-                      f"{escape(r.get('cause') or 'see failures/')}", soft_wrap=True)
+                      f"{escape(r.get('cause') or 'see failures/')}")
     console.print("[dim]Δ: accuracy minus the no-rationale baseline (`target none = label`), paired by example; "
                   "95% CI by paired bootstrap. acc_norm: choice log-likelihood ÷ length in characters "
                   "(rank-evaluated targets); unparsed: generated answers naming no choice (counted wrong).[/]")
+    print_sweeps(summary, console)
+
+
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values) -> str:
+    """One block per value in [0, 1] on a fixed 0-1 scale (a small difference stays small)."""
+    return "".join(" " if v is None else SPARK[min(len(SPARK) - 1, max(0, int(v * len(SPARK))))] for v in values)
+
+
+def print_sweeps(summary: pl.DataFrame, console: Console) -> None:
+    """Per single-parameter sweep (per student and data when several): accuracy vs the swept value
+    as a small table with a sparkline, the unperturbed target first (at the value 0) when the
+    run has it, as figures.sweeps draws it."""
+    from rich import box
+    from rich.text import Text
+
+    done = summary.filter(pl.col("acc").is_not_null())
+    by_name = {(r["condition"], r["student"], r["data"]): r for r in done.iter_rows(named=True)}
+    for (fam, stu, data), g in done.group_by(["family", "student", "data"], maintain_order=True):
+        params = [json.loads(x) for x in g["params"]]
+        if len(g) < 2 or any(len(x) != 1 for x in params) or len({next(iter(x)) for x in params}) != 1:
+            continue
+        (pname,) = params[0]
+        pts = sorted(((x[pname], r) for x, r in zip(params, g.iter_rows(named=True))), key=lambda t: t[0])
+        ref = by_name.get((g["reference"][0], stu, data)) if "reference" in g.columns else None
+        cols = ([(f"0 ({ref['condition']})", ref)] if ref else []) + [(str(v), r) for v, r in pts]
+        where = f" · {stu} · {data}" if summary["student"].n_unique() > 1 or summary["data"].n_unique() > 1 else ""
+        title = Text(f"sweep {fam}{where}: test accuracy % vs {pname}  ", style="bold")
+        title.append(sparkline([r["acc"] for _, r in cols]), style="cyan")
+        title.append("  (blocks: 0–100 %)", style="dim")
+        console.print(title)
+        t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+        t.add_column(pname, no_wrap=True)
+        for name, _ in cols:
+            t.add_column(Text(name), justify="right", no_wrap=True)
+        t.add_row("acc %", *[_pct(r["acc"]) for _, r in cols])
+        t.add_row("95% CI", *["" if r.get("acc_lo") is None else f"{100 * r['acc_lo']:.0f}–{100 * r['acc_hi']:.0f}"
+                              for _, r in cols])
+        console.print(t)
 
 
 CONTEXTS = {"label first": "the target's own text before the label (label first: no rationale)",
@@ -194,7 +235,7 @@ def _print_contexts(df: pl.DataFrame, covs: list[dict], console: Console) -> Non
     for cond, ctx in df.select("condition", "context").unique(maintain_order=True).iter_rows():
         by_ctx.setdefault(ctx, []).append(cond)
     console.print("label read after: " + "; ".join(f"{escape(', '.join(dict.fromkeys(cs)))} — {CONTEXTS.get(k, k)}"
-                                                   for k, cs in by_ctx.items()), soft_wrap=True)
+                                                   for k, cs in by_ctx.items()))
     gold: dict[str, list[int]] = {}
     for c in covs:
         if c.get("context") == "gold" and c.get("probed"):
@@ -204,18 +245,38 @@ def _print_contexts(df: pl.DataFrame, covs: list[dict], console: Console) -> Non
         if k and cond in by_ctx.get("gold", []):
             console.print(f"[yellow]{escape(cond)}[/]: {k} of {n} gold contexts contain a choice's text: its "
                           "P(label) reads the answer off the given rationale, not the student's own reasoning "
-                          "(compare with probe { context: generated })", soft_wrap=True)
+                          "(compare with probe { context: generated })")
     if "score" in df.columns and (df["score"] == "first_token").any():
         ex = df.filter(pl.col("score") == "first_token").unique(["condition", "seed", "ex_id"])
         console.print(f"first-token readout (probe {{ score: first_token }}): {int(ex['tied'].sum())} of {len(ex)} "
                       "probed examples have choices sharing a first token; they tie at every layer, so such an "
-                      "example never commits (the default score: label reads whole labels)", soft_wrap=True)
+                      "example never commits (the default score: label reads whole labels)")
 
 
-def print_lens(run_dir: Path, console: Console, png: bool = True) -> list[Path]:
-    """Layer-by-layer confidence report (both lenses) and its PNG, from lens.parquet."""
+def _coverage(covs: list[dict], label) -> dict:
+    """{condition label: {probed, of, why}} summed over seeds, from probe_coverage.json rows."""
+    out: dict[str, dict] = {}
+    for c in covs:
+        n = out.setdefault(label(c), {"probed": 0, "of": 0, "unparsed": 0, "no_rationale": 0})
+        n["probed"] += c.get("probed") or 0
+        n["of"] += c.get("of") or 0
+        n["unparsed"] += c.get("unparsed") or 0
+        n["no_rationale"] += c.get("no_rationale") or 0
+    for n in out.values():
+        why = [f"{n.pop('unparsed')} generated no parseable answer", f"{n.pop('no_rationale')} have no gold rationale"]
+        n["why"] = "; ".join(w for w in why if not w.startswith("0 "))
+    return out
+
+
+def print_lens(run_dir: Path, console: Console, png: bool = True, quantity: str = "choice") -> list[Path]:
+    """Layer-by-layer confidence report (both lenses) and its PNG, from lens.parquet. `quantity`:
+    "choice" (P(gold) renormalised over the choices) or "full" (full-vocabulary P(gold))."""
     from rich.markup import escape
 
+    from interp.report import QUANTITIES
+
+    if quantity not in QUANTITIES:
+        raise ValueError(f"quantity must be one of {', '.join(QUANTITIES)}")
     path, cov = run_dir / "lens.parquet", run_dir / "probe_coverage.json"
     covs = json.loads(cov.read_text()) if cov.exists() else []
     for c in covs:
@@ -224,8 +285,7 @@ def print_lens(run_dir: Path, console: Console, png: bool = True) -> list[Path]:
                    f"{c['no_rationale']} have no gold rationale" if c.get("no_rationale") else ""]
             why = "; ".join(w for w in why if w) or "a rationale-first target needs the example's rationale"
             console.print(f"[yellow]{escape(c['condition'])} · {escape(c['student'])} · seed {c['seed']}[/]: "
-                          f"{c['probed']} of {c['of']} test examples could be probed at the label ({why})",
-                          soft_wrap=True)
+                          f"{c['probed']} of {c['of']} test examples could be probed at the label ({why})")
     if not path.exists():
         return []
     from interp.report import plot_report, render_report
@@ -235,23 +295,36 @@ def print_lens(run_dir: Path, console: Console, png: bool = True) -> list[Path]:
         return []
     _print_contexts(df, covs, console)
     # One heatmap row per condition (× student when there are several); seeds are pooled.
-    label = pl.col("condition")
-    if df["student"].n_unique() > 1 or df["data"].n_unique() > 1:
-        label = pl.concat_str([pl.col("condition"), pl.col("student"), pl.col("data")], separator=" · ")
+    many = df["student"].n_unique() > 1 or df["data"].n_unique() > 1
+    base = (lambda c: " · ".join((c["condition"], c["student"], c["data"]))) if many else (lambda c: c["condition"])
+    label = pl.concat_str([pl.col("condition"), pl.col("student"), pl.col("data")], separator=" · ") if many \
+        else pl.col("condition")
     if "context" in df.columns:  # a teacher-forced gold rationale is named where the numbers are
         label = label + pl.col("context").replace_strict(CONTEXT_TAGS, default="")
+    keyed = df.select(*KEYS, label.alias("l")).unique(maintain_order=True)
+    tags = {base(r): r["l"] for r in keyed.iter_rows(named=True)}  # base label -> label with its context tag
+    coverage = _coverage(covs, lambda c: tags.get(base(c), base(c)))
+    results = run_dir / "results.parquet"
+    if "n_choices" not in df.columns and results.exists():  # for the chance level 1/number of choices
+        res = pl.read_parquet(results)
+        if {"data", "ex_id", "n_choices"} <= set(res.columns):
+            df = df.join(res.select("data", "ex_id", "n_choices").unique(["data", "ex_id"]), on=["data", "ex_id"],
+                         how="left")
     df = df.with_columns(label.alias("condition"), pl.concat_str([pl.col("seed"), pl.col("ex_id")],
                                                                  separator=":").alias("example"))
-    render_report(df, console=console)
+    prob = QUANTITIES[quantity]
+    other = next(q for q in QUANTITIES if q != quantity)
+    render_report(df, console=console, prob=prob, coverage=coverage,
+                  switch=f"cotdsl probe {run_dir} --quantity {other}")
     if not png:
         return []
     out = run_dir / "figures" / "layerwise_confidence.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     # Redrawn only when the numbers changed: a cached re-run skips matplotlib.
     stamp = out.with_name(".layerwise.inputs")
-    digest = f"{df.columns}:{df.shape}:{int(df.hash_rows(seed=0).sum())}"
+    digest = f"{prob}:{sorted(coverage.items())}:{df.columns}:{df.shape}:{int(df.hash_rows(seed=0).sum())}"
     if not (out.exists() and stamp.exists() and stamp.read_text() == digest):
-        plot_report(df, out)
+        plot_report(df, out, prob=prob, coverage=coverage)
         stamp.write_text(digest)
     return [out]
 
@@ -311,7 +384,7 @@ def print_teacher(run_dir: Path, console: Console) -> None:
     console.print("[dim]names gold / other: rationales containing the gold label's / another choice's text "
                   "(whole words, case and punctuation ignored; `cotdsl show` marks them): a student can copy "
                   "the answer from such a rationale. words: median (10th–90th percentile). "
-                  "Details: teacher.json.[/]", soft_wrap=True)
+                  "Details: teacher.json.[/]")
 
 
 # ---- the run folder's header ------------------------------------------------------------------

@@ -286,11 +286,13 @@ def show(path: Path, *, target: str, n: int = 3, seed: int | None = None, consol
 
 def probe(target_dir: Path | None = None, *, checkpoint: Path | None = None, data: Path | None = None,
           target: str = "label", lenses: tuple[str, ...] = ("logit",), n: int = 64, seed: int = 0,
-          tuned_steps: int = 100, console: Console | None = None, png: bool = True) -> int:
+          tuned_steps: int = 100, console: Console | None = None, png: bool = True,
+          quantity: str = "choice") -> int:
     """The layerwise report of a finished run (`target_dir`), or of any checkpoint on a data file.
 
     For a checkpoint, `target` is a target template in the language (e.g. "label -> rationale")
-    saying how the student was trained, so the label is probed where that student emits it."""
+    saying how the student was trained, so the label is probed where that student emits it.
+    `quantity`: "choice" (P(gold) renormalised over the choices) or "full" (full vocabulary)."""
     quiet_libraries()
     import polars as pl
 
@@ -301,7 +303,7 @@ def probe(target_dir: Path | None = None, *, checkpoint: Path | None = None, dat
         if target_dir is None or not (target_dir / "lens.parquet").exists():
             raise CotError(f"{target_dir}: no layerwise results here; give a run folder whose spec has a "
                            "`probe { lens: logit }` section, or --checkpoint DIR --data FILE")
-        print_lens(target_dir, console, png=png)
+        print_lens(target_dir, console, png=png, quantity=quantity)
         return EXIT_OK
     if data is None:
         raise CotError("--checkpoint needs --data FILE (jsonl/csv/parquet with question, choices, label)")
@@ -338,8 +340,9 @@ def probe(target_dir: Path | None = None, *, checkpoint: Path | None = None, dat
     out = Path("runs") / f"probe-{checkpoint.name}"
     out.mkdir(parents=True, exist_ok=True)
     df = df.with_columns(pl.lit(target).alias("condition"), pl.lit(checkpoint.name).alias("student"),
-                         pl.lit(data.name).alias("data"), pl.lit(seed).alias("seed"))
+                         pl.lit(data.name).alias("data"), pl.lit(seed).alias("seed"),
+                         pl.col("ex_id").replace_strict({e.id: len(e.choices) for e in test}).alias("n_choices"))
     df.write_parquet(out / "lens.parquet")
-    for p in print_lens(out, console, png=png):
+    for p in print_lens(out, console, png=png, quantity=quantity):
         console.print(f"[dim]figure: {p}[/]")
     return EXIT_OK
