@@ -282,8 +282,12 @@ def _wrap_lora(model, rank: int):
 
     if rank < 1:
         raise TrainingError(f"LoRA rank must be >= 1, got {rank}", cause="bad config")
-    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-                                            task_type="CAUSAL_LM"))
+    import warnings
+
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question; nothing for the user to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                                task_type="CAUSAL_LM"))
 
 
 # ---- several processes ----------------------------------------------------------------------
