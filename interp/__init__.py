@@ -10,6 +10,9 @@ Usable on any Hugging Face causal LM without the DSL (imports nothing from `cotd
 Names are resolved lazily so `import interp` stays cheap (no polars / tuned-lens / TL import).
 Integrated Gradients: `ig_word_scores` (interp.attribution), `print_attribution` /
 `attribution_png` (interp.view); its summary is `interp.attribution.summarize`.
+Mechanisms at the label position: `direct_logit_attribution` (interp.dla), `activation_patching`
+(interp.patching), `rationale_attention` (interp.attention); their reports `render_*` / `plot_*`
+(interp.mech_report).
 """
 from __future__ import annotations
 
@@ -30,7 +33,13 @@ _EXPORTS = {
     "IGItem": "interp.attribution", "IGResult": "interp.attribution",
     "ig_word_scores": "interp.attribution",
     "print_attribution": "interp.view", "attribution_png": "interp.view",
-    "DLAResult": "interp.dla", "dla": "interp.dla", "label_sites": "interp.dla",
+    "DLAResult": "interp.dla", "direct_logit_attribution": "interp.dla", "label_sites": "interp.dla",
+    "PatchResult": "interp.patching", "activation_patching": "interp.patching",
+    "AttentionResult": "interp.attention", "rationale_attention": "interp.attention",
+    "rationale_inputs": "interp.attention", "bootstrap_mean_ci": "interp.attention",
+    "render_dla": "interp.mech_report", "plot_dla": "interp.mech_report",
+    "render_patching": "interp.mech_report", "plot_patching": "interp.mech_report",
+    "render_attention": "interp.mech_report", "plot_attention": "interp.mech_report",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -149,7 +149,7 @@ class LabelSites:
 
         W_U is the lm_head weight [V, D] (HF layout)."""
         S = self.site_row.shape[0]
-        w = self.coef_w.to(W_U.dtype)
+        w = self.coef_w.to(W_U.device, W_U.dtype)
         u = W_U.new_zeros(S, W_U.shape[1]).index_add_(0, self.coef_site, w[:, None] * W_U[self.coef_tok])
         bias = W_U.new_zeros(S)
         if b_U is not None:
@@ -203,7 +203,7 @@ def _norm_center(tl_bridge) -> bool:
     return cfg.normalization_type in ("LN", "LNPre") and not getattr(cfg, "final_rms", False)
 
 
-def dla(model, contexts, choices, gold=0, *, tl_bridge=None, batch: int = 16) -> DLAResult:
+def direct_logit_attribution(model, contexts, choices, gold=0, *, tl_bridge=None, batch: int = 16) -> DLAResult:
     """Direct logit attribution of each example's gold-minus-distractors logit difference.
 
     contexts, choices, gold: as `interp.lens.label_lens` (token ids before the label; per example
@@ -230,15 +230,39 @@ def _site_hooks(sites: LabelSites, store: dict, names: list[str]):
     return [(n, keep) for n in names]
 
 
-def _dla_chunk(tl_bridge, ctxs, chs, gold) -> dict:
-    cfg = tl_bridge.cfg
-    L, H = cfg.n_layers, cfg.n_heads
-    head = tl_bridge.unembed.original_component  # the HF lm_head (nn.Linear, weight [V, D])
-    norm = tl_bridge.ln_final.original_component  # the HF final norm
-    dev = head.weight.device
+def sites_on(tl_bridge, ctxs, chs, gold) -> LabelSites:
+    """`label_sites` with the tensors a forward needs moved to the bridge's device."""
     sites = label_sites(ctxs, chs, gold)
+    dev = tl_bridge.unembed.original_component.weight.device
     for k in ("ids", "mask", "site_row", "site_pos", "coef_site", "coef_tok"):
         setattr(sites, k, getattr(sites, k).to(dev))
+    return sites
+
+
+def site_directions(tl_bridge, sites: LabelSites):
+    """float64 ([S, D] logit-difference directions, [S] unembedding-bias terms) of the sites."""
+    head = tl_bridge.unembed.original_component  # the HF lm_head (nn.Linear, weight [V, D])
+    W, b = head.weight.detach().double(), None if head.bias is None else head.bias.detach().double()
+    return sites.directions(W, b)
+
+
+def per_example(values: torch.Tensor, sites: LabelSites, B: int) -> torch.Tensor:
+    """Sum per-site values [S, ...] over each example's sites -> float32 [B, ...] on the CPU."""
+    ex = sites.site_ex.to(values.device)
+    return values.new_zeros((B,) + values.shape[1:]).index_add_(0, ex, values).float().cpu()
+
+
+def site_logit_diff(tl_bridge, sites: LabelSites, normed: torch.Tensor, B: int) -> torch.Tensor:
+    """[B] logit difference from the final norm's output at the sites ([S, D])."""
+    u, u_bias = site_directions(tl_bridge, sites)
+    return per_example((normed.detach().double() * u).sum(-1) + u_bias, sites, B)
+
+
+def _dla_chunk(tl_bridge, ctxs, chs, gold) -> dict:
+    cfg = tl_bridge.cfg
+    L = cfg.n_layers
+    norm = tl_bridge.ln_final.original_component  # the HF final norm
+    sites = sites_on(tl_bridge, ctxs, chs, gold)
     names = ["embed.hook_out", "ln_final.hook_in", "ln_final.hook_scale", "ln_final.hook_out"]
     has_pos = hasattr(tl_bridge, "pos_embed")
     if has_pos:
@@ -246,52 +270,49 @@ def _dla_chunk(tl_bridge, ctxs, chs, gold) -> dict:
     for i in range(L):
         names += [f"blocks.{i}.attn.o.hook_in", f"blocks.{i}.attn.hook_out", f"blocks.{i}.mlp.hook_out"]
     store: dict = {}
+    B, S = len(ctxs), sites.site_row.shape[0]
     with torch.no_grad():
         tl_bridge.run_with_hooks(sites.ids, attention_mask=sites.mask, fwd_hooks=_site_hooks(sites, store, names),
                                  logits_to_keep=1)
-        f32 = lambda t: t.double()  # noqa: E731  (attribution arithmetic in float64: exact sums)
-        u, u_bias = sites.directions(f32(head.weight), None if head.bias is None else f32(head.bias))
-        w = f32(norm.weight) if getattr(norm, "weight", None) is not None else torch.ones_like(u[0])
+        f64 = lambda t: t.double()  # noqa: E731  (attribution arithmetic in float64: exact sums)
+        u, u_bias = site_directions(tl_bridge, sites)
+        w = f64(norm.weight) if getattr(norm, "weight", None) is not None else torch.ones_like(u[0])
         nb = getattr(norm, "bias", None)
-        scale = f32(store["ln_final.hook_scale"]).reshape(-1, 1)  # [S, 1]
+        scale = f64(store["ln_final.hook_scale"]).reshape(-1, 1)  # [S, 1]
         center = _norm_center(tl_bridge)
         uw = u * w  # the norm weight folded into the directions
 
         def proj(x: torch.Tensor) -> torch.Tensor:
             """[S, ..., D] component at the sites -> [S, ...] contribution (frozen-scale norm)."""
-            x = f32(x)
+            x = f64(x)
             if center:
                 x = x - x.mean(-1, keepdim=True)
-            shape = (scale.shape[0],) + (1,) * (x.dim() - 1)
-            return (x / scale.reshape(shape) * uw.reshape((uw.shape[0],) + (1,) * (x.dim() - 2) + (uw.shape[1],))).sum(-1)
+            mid = (1,) * (x.dim() - 2)
+            return (x / scale.reshape((S,) + mid + (1,)) * uw.reshape((S,) + mid + (uw.shape[1],))).sum(-1)
 
-        S = sites.site_row.shape[0]
         comp = {"embed": proj(store["embed.hook_out"]),
                 "pos_embed": proj(store["pos_embed.hook_out"]) if has_pos else u.new_zeros(S)}
         attn, mlp, heads, attn_bias = [], [], [], []
         for i in range(L):
             blk = tl_bridge.blocks[i].attn
-            z = f32(store[f"blocks.{i}.attn.o.hook_in"])  # [S, H, dh]
-            heads.append(proj(torch.einsum("shd,hdm->shm", z, f32(blk.W_O))))  # [S, H]
+            z = f64(store[f"blocks.{i}.attn.o.hook_in"])  # [S, H, dh]
+            heads.append(proj(torch.einsum("shd,hdm->shm", z, f64(blk.W_O))))  # [S, H]
             b_O = getattr(blk, "b_O", None)
-            attn_bias.append(proj(f32(b_O).expand(S, -1)) if b_O is not None else u.new_zeros(S))
+            attn_bias.append(proj(f64(b_O).expand(S, -1)) if b_O is not None else u.new_zeros(S))
             attn.append(proj(store[f"blocks.{i}.attn.hook_out"]))
             mlp.append(proj(store[f"blocks.{i}.mlp.hook_out"]))
         comp["attn"] = torch.stack(attn, 1)
         comp["mlp"] = torch.stack(mlp, 1)
         comp["heads"] = torch.stack(heads, 1)
         comp["attn_bias"] = torch.stack(attn_bias, 1)
-        comp["final_bias"] = u_bias + ((u * f32(nb)).sum(-1) if nb is not None else 0)
-        # The model's own logit difference: its final logits at the sites, weighted.
-        h_out = f32(store["ln_final.hook_out"])
-        comp["logit_diff"] = (h_out * u).sum(-1) + u_bias
+        comp["final_bias"] = u_bias + ((u * f64(nb)).sum(-1) if nb is not None else 0)
         # Residual check: the components rebuild the final norm's input at every site.
         parts = store["embed.hook_out"] + (store["pos_embed.hook_out"] if has_pos else 0)
         for i in range(L):
             parts = parts + store[f"blocks.{i}.attn.hook_out"] + store[f"blocks.{i}.mlp.hook_out"]
-        resid_err = float((f32(parts) - f32(store["ln_final.hook_in"])).abs().max())
-    B = len(ctxs)
-    ex = sites.site_ex.to(dev)
-    out = {k: v.new_zeros((B,) + v.shape[1:]).index_add_(0, ex, v).float().cpu() for k, v in comp.items()}
+        resid_err = float((f64(parts) - f64(store["ln_final.hook_in"])).abs().max())
+    out = {k: per_example(v, sites, B) for k, v in comp.items()}
+    # The model's own logit difference: its final logits at the sites, weighted.
+    out["logit_diff"] = site_logit_diff(tl_bridge, sites, store["ln_final.hook_out"], B)
     out["meta"] = {"n_sites": S, "resid_error": resid_err}
     return out

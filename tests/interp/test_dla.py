@@ -7,8 +7,11 @@ import torch
 
 from cotdsl.tiny import sharpen, tiny_model, train_tokenizer
 from interp.bridge import build_bridge
-from interp.dla import DLAResult, dla, label_sites
+from interp.dla import DLAResult, direct_logit_attribution, label_sites
 from interp.lens import label_lens
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +66,7 @@ def naive_logit_diff(model, ctxs, chs, gold):
 def test_components_add_up_to_the_models_logit_difference(tok, arch):
     model = make(tok, arch)
     ctxs, chs, gold = ragged(tok)
-    res = dla(model, ctxs, chs, gold, batch=2)  # chunks of 2 examples: padding and chunking
+    res = direct_logit_attribution(model, ctxs, chs, gold, batch=2)  # chunks of 2 examples: padding and chunking
     B, L = 5, 3
     H = model.config.num_attention_heads
     assert isinstance(res, DLAResult)
@@ -96,7 +99,7 @@ def test_one_token_labels_match_the_label_lens_score_difference(tok):
     ctxs = [torch.randint(5, len(tok), (n,), generator=g).tolist() for n in (4, 6, 8)]
     chs = [[[int(t)] for t in torch.randint(5, len(tok), (3,), generator=g)] for _ in ctxs]
     gold = torch.tensor([2, 0, 1])
-    res = dla(model, ctxs, chs, gold)
+    res = direct_logit_attribution(model, ctxs, chs, gold)
     s = label_lens(model, ctxs, chs, gold).scores[:, -1]  # [B, C]
     rows = torch.arange(3)
     want = s[rows, gold] - (s.sum(1) - s[rows, gold]) / 2
@@ -106,10 +109,10 @@ def test_one_token_labels_match_the_label_lens_score_difference(tok):
 def test_an_example_alone_equals_the_example_in_a_batch(tok):
     model = make(tok, "gpt2")
     ctxs, chs, gold = ragged(tok, seed=3)
-    full = dla(model, ctxs, chs, gold)
+    full = direct_logit_attribution(model, ctxs, chs, gold)
     br = build_bridge(model)
     for b in (1, 3):
-        alone = dla(model, ctxs[b:b + 1], chs[b:b + 1], gold[b:b + 1], tl_bridge=br)
+        alone = direct_logit_attribution(model, ctxs[b:b + 1], chs[b:b + 1], gold[b:b + 1], tl_bridge=br)
         assert (alone.heads[0] - full.heads[b]).abs().max() < 1e-4
         assert (alone.mlp[0] - full.mlp[b]).abs().max() < 1e-4
         assert alone.logit_diff[0] == pytest.approx(float(full.logit_diff[b]), abs=1e-4)
@@ -127,7 +130,7 @@ def test_equals_transformerlens_logit_attrs(tok, arch):
     ids = torch.randint(5, len(tok), (B, T), generator=g)
     toks = torch.randint(5, len(tok), (B, C), generator=g)
     gold = torch.tensor([0, 1, 2, 0])
-    res = dla(model, ids.tolist(), [[[int(t)] for t in row] for row in toks], gold)
+    res = direct_logit_attribution(model, ids.tolist(), [[[int(t)] for t in row] for row in toks], gold)
     br = build_bridge(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -159,35 +162,12 @@ def test_equals_transformerlens_logit_attrs(tok, arch):
     assert (a.sum(0) + bias - res.logit_diff).abs().max() < 1e-4
 
 
-def planted(tok, block, push=6.0):
-    """3-block Llama with attention and MLP outputs zeroed except block `block`'s MLP, which on
-    the cue token (id 10) writes `push` along answer 12's unembedding and nothing along answer
-    13's; the cue embeds with a large constant coordinate so the RMS norm is nearly fixed."""
-    model = tiny_model(tok, arch="llama", layers=3, d_model=64, heads=4)
-    base = model.model
-    emb = base.embed_tokens.weight  # tied with lm_head
-    with torch.no_grad():
-        for blk in base.layers:
-            for lin in (blk.self_attn.o_proj, blk.mlp.gate_proj, blk.mlp.up_proj, blk.mlp.down_proj):
-                lin.weight.zero_()
-        emb[10] = 0.0
-        emb[10, 0], emb[10, 63] = 4.0, 100.0
-        for a in (12, 13):
-            emb[a] = 0.0
-        emb[12, 20], emb[13, 21] = 4.0, 4.0
-        mlp = base.layers[block].mlp
-        mlp.gate_proj.weight[0, 0] = 5.0
-        mlp.up_proj.weight[0, 0] = 1.0
-        mlp.down_proj.weight[20, 0] = push
-    return model
-
-
 @pytest.mark.parametrize("block", [0, 2])
-def test_the_planted_mlp_carries_the_logit_difference(tok, block):
+def test_the_planted_mlp_carries_the_logit_difference(tok, planted, block):
     model = planted(tok, block)
     ctxs = [[30, 40, 10], [50, 10], [10]]
     chs = [[[12], [13]]] * 3
-    res = dla(model, ctxs, chs, 0)
+    res = direct_logit_attribution(model, ctxs, chs, 0)
     assert res.error() < 1e-4
     assert (res.logit_diff > 0.5).all()  # the final RMS norm divides by ~12.5 (the constant coordinate)
     others = [i for i in range(3) if i != block]
@@ -204,6 +184,6 @@ def test_sites_and_bad_input(tok):
     assert s.coef_w.tolist() == [-1.0, 1.0, 1.0, 1.0, -1.0]
     model = make(tok, "gpt2")
     with pytest.raises(ValueError, match="distractor"):
-        dla(model, [[1, 2]], [[[5]]], 0)
+        direct_logit_attribution(model, [[1, 2]], [[[5]]], 0)
     with pytest.raises(ValueError):
-        dla(model, [[1, 2]], [[[5], [6]]], 2)
+        direct_logit_attribution(model, [[1, 2]], [[[5], [6]]], 2)
