@@ -225,19 +225,23 @@ def _cache_kwarg(base) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-def _label_hidden(model, ctxs, chs, share_context: bool = True):
+def _label_hidden(model, ctxs, chs, share_context: bool = True, info: dict | None = None):
     """Hidden states (L+1 rows, `hidden_states` convention) at the positions that emit label tokens.
 
     -> first [L+1, B, D]: the last context position, which emits every choice's first token;
        rest [L+1, M, D]: one row per later label token, ordered by (example, choice, token).
     share_context: run each context once and its choices' tokens on its KV cache (expanded to one
     row per choice), as rank evaluation does; False runs context + label for every choice.
+    info: if a dict, receives "n_ctx" [B] and (when a second forward runs) "sel", the [M', T'] mask
+    of its positions that `rest` reads, so hooks on the modules can pick the same positions.
     """
     dev = _bridge.unembedding(model).weight.device
     base = getattr(model, "base_model", model)
     L = _bridge.num_layers(model)
     ids, mask = (t.to(dev) for t in pad_right(ctxs, 0))
     n_ctx = mask.sum(1)
+    if info is not None:
+        info["n_ctx"] = n_ctx
     multi = [(b, c) for b, ex in enumerate(chs) for c, x in enumerate(ex) if len(x) > 1]
     with torch.no_grad():
         out = base(input_ids=ids, attention_mask=mask, output_hidden_states=True,
@@ -262,6 +266,8 @@ def _label_hidden(model, ctxs, chs, share_context: bool = True):
             hs = base(input_ids=full, attention_mask=x_att, output_hidden_states=True, use_cache=False).hidden_states
             k = torch.arange(full.shape[1], device=dev)[None]
             sel = (k >= n_ctx[rep][:, None]) & x_att.bool()
+        if info is not None:
+            info["sel"] = sel
         return first, torch.stack([h[sel] for h in hs])  # row-major: (choice row, token)
 
 

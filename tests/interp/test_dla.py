@@ -7,7 +7,7 @@ import torch
 
 from cotdsl.tiny import sharpen, tiny_model, train_tokenizer
 from interp.bridge import build_bridge
-from interp.dla import DLAResult, direct_logit_attribution, label_sites
+from interp.dla import DLAResult, direct_logit_attribution, label_sites, shared_sites
 from interp.lens import label_lens
 
 
@@ -62,14 +62,15 @@ def naive_logit_diff(model, ctxs, chs, gold):
     return torch.tensor(out)
 
 
+@pytest.mark.parametrize("method", ["tl", "hf"])
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "llama_gqa"])
-def test_components_add_up_to_the_models_logit_difference(tok, arch):
+def test_components_add_up_to_the_models_logit_difference(tok, arch, method):
     model = make(tok, arch)
     ctxs, chs, gold = ragged(tok)
-    res = direct_logit_attribution(model, ctxs, chs, gold, batch=2)  # chunks of 2 examples: padding and chunking
+    res = direct_logit_attribution(model, ctxs, chs, gold, batch=2, method=method)  # chunks of 2: padding
     B, L = 5, 3
     H = model.config.num_attention_heads
-    assert isinstance(res, DLAResult)
+    assert isinstance(res, DLAResult) and res.meta["method"] == method
     assert res.attn.shape == res.mlp.shape == res.attn_bias.shape == (B, L)
     assert res.heads.shape == (B, L, H) and res.num_heads == H and res.num_layers == L
     for t in (res.logit_diff, res.embed, res.pos_embed, res.final_bias):
@@ -104,6 +105,39 @@ def test_one_token_labels_match_the_label_lens_score_difference(tok):
     rows = torch.arange(3)
     want = s[rows, gold] - (s.sum(1) - s[rows, gold]) / 2
     assert (res.logit_diff - want).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama_gqa"])
+def test_the_two_methods_agree(tok, arch):
+    """"hf" (plain hooks, contexts shared through the KV cache) and "tl" (bridge, full rows)."""
+    model = make(tok, arch)
+    ctxs, chs, gold = ragged(tok, seed=7)
+    a = direct_logit_attribution(model, ctxs, chs, gold, method="tl")
+    b = direct_logit_attribution(model, ctxs, chs, gold, method="hf")
+    for k in ("logit_diff", "embed", "pos_embed", "attn", "mlp", "heads", "attn_bias", "final_bias"):
+        assert (getattr(a, k) - getattr(b, k)).abs().max() < 1e-4, k
+    assert a.meta["n_sites"] == b.meta["n_sites"]
+
+
+def test_hf_method_refuses_what_it_does_not_understand(tok):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    class Doubled(LlamaRMSNorm):  # a final norm the "hf" path's scale bookkeeping cannot know
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = make(tok, "llama")
+    old = model.model.norm
+    model.model.norm = Doubled(old.weight.shape[0], eps=old.variance_epsilon)
+    model.model.norm.weight.data.copy_(old.weight.data)
+    with pytest.raises(ValueError, match="final norm; use method 'tl'"):
+        direct_logit_attribution(model, [[5, 6, 7]], [[[8], [9]]], 0, method="hf")
+    with pytest.raises(ValueError, match="unknown method"):
+        direct_logit_attribution(model, [[5, 6, 7]], [[[8], [9]]], 0, method="captum")
+    other = make(tok, "gpt2")
+    del other.transformer.h  # no block list under a name the "hf" path knows
+    with pytest.raises(ValueError, match="Llama-family and GPT-2"):
+        direct_logit_attribution(other, [[5, 6, 7]], [[[8], [9]]], 0, method="hf")
 
 
 def test_an_example_alone_equals_the_example_in_a_batch(tok):
@@ -162,12 +196,13 @@ def test_equals_transformerlens_logit_attrs(tok, arch):
     assert (a.sum(0) + bias - res.logit_diff).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("method", ["tl", "hf"])
 @pytest.mark.parametrize("block", [0, 2])
-def test_the_planted_mlp_carries_the_logit_difference(tok, planted, block):
+def test_the_planted_mlp_carries_the_logit_difference(tok, planted, block, method):
     model = planted(tok, block)
     ctxs = [[30, 40, 10], [50, 10], [10]]
     chs = [[[12], [13]]] * 3
-    res = direct_logit_attribution(model, ctxs, chs, 0)
+    res = direct_logit_attribution(model, ctxs, chs, 0, method=method)
     assert res.error() < 1e-4
     assert (res.logit_diff > 0.5).all()  # the final RMS norm divides by ~12.5 (the constant coordinate)
     others = [i for i in range(3) if i != block]
@@ -182,8 +217,32 @@ def test_sites_and_bad_input(tok):
     assert s.site_row.tolist() == [0, 0, 1] and s.site_pos.tolist() == [2, 3, 0]
     assert s.coef_tok.tolist() == [5, 6, 7, 8, 9]
     assert s.coef_w.tolist() == [-1.0, 1.0, 1.0, 1.0, -1.0]
+    # The KV-cache path's order: every example's label position first, then later label tokens.
+    sh = shared_sites([[[5], [6, 7]], [[8], [9, 10, 11]]], torch.tensor([1, 0]))
+    assert sh.site_ex.tolist() == [0, 1, 0, 1, 1]
+    assert sh.coef_site.tolist() == [0, 0, 1, 1, 2, 3, 4] and sh.coef_tok.tolist() == [5, 6, 8, 9, 7, 10, 11]
+    assert sh.coef_w.tolist() == [-1.0, 1.0, 1.0, -1.0, 1.0, -1.0, -1.0]
     model = make(tok, "gpt2")
     with pytest.raises(ValueError, match="distractor"):
         direct_logit_attribution(model, [[1, 2]], [[[5]]], 0)
     with pytest.raises(ValueError):
         direct_logit_attribution(model, [[1, 2]], [[[5], [6]]], 2)
+
+
+@pytest.mark.slow
+def test_smollm2_both_methods_add_up():
+    """The real student (30 blocks, 9 query / 3 key-value heads, tied embeddings, RMSNorm)."""
+    from cotdsl.models import load_smollm2
+    from interp.lens import label_inputs
+
+    model, tok = load_smollm2()
+    q = "Question: What colour is the blicket?\nChoices:\nA: orange\nB: grey\nAnswer:"
+    inp = label_inputs(tok, [q, q + " The blicket is made of copper."],
+                       [["orange", "grey"], ["holding hot trays", "holding a boat still", "grey"]], gold=[0, 1])
+    want = naive_logit_diff(model, inp["contexts"], inp["choices"], inp["gold"])
+    runs = [direct_logit_attribution(model, **inp, method=m) for m in ("tl", "hf")]
+    for res in runs:
+        assert res.error() < 1e-3 and (res.logit_diff - want).abs().max() < 1e-3
+        assert res.heads.shape == (2, 30, 9)
+    assert (runs[0].heads - runs[1].heads).abs().max() < 1e-3
+    assert (runs[0].mlp - runs[1].mlp).abs().max() < 1e-3
