@@ -83,6 +83,12 @@ class CotError(Exception):
         self.sources: dict[str, str] = dict(sources or {})
         super().__init__(self.render())
 
+    @classmethod
+    def one(cls, message: str, pos: Pos | None = None, *, hint: str | None = None,
+            expected: list[str] | None = None) -> "CotError":
+        """The error for a single problem (most run-time user errors: a missing file, an offline model)."""
+        return cls([Diagnostic(pos, message, expected=expected, hint=hint)])
+
     def render(self) -> str:
         out = [d.render(self.sources.get(d.pos.file) if d.pos else None) for d in self.diagnostics]
         n = len(self.diagnostics)

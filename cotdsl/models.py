@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import CotError
+
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -74,17 +76,11 @@ def load_smollm2(dtype: torch.dtype = torch.float32):
 TINY_ARCHS = ("llama", "gpt2")
 
 
-def _err(message: str, pos=None, hint: str | None = None):
-    from .errors import CotError, Diagnostic
-
-    return CotError([Diagnostic(pos, message, hint=hint)])
-
-
 def _with_pad(model, tok):
     """Batched training/generation needs a pad token; reuse eos where the tokenizer has none."""
     if tok.pad_token is None:
         if tok.eos_token is None:
-            raise _err("the tokenizer has neither a pad nor an eos token; cannot batch")
+            raise CotError.one("the tokenizer has neither a pad nor an eos token; cannot batch")
         tok.pad_token = tok.eos_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tok.pad_token_id
@@ -112,11 +108,11 @@ def load_pretrained(name: str, *, trust_remote_code: bool = False, revision: str
     if file or p.suffix.lower() == ".gguf":
         gg = p / file if file else p
         if not gg.is_file():
-            raise _err(f"{what}: GGUF file {gg} does not exist", pos)
+            raise CotError.one(f"{what}: GGUF file {gg} does not exist", pos)
         try:
             return load_gguf(gg, dtype)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
-            raise _err(f"{what}: could not load GGUF {gg}: {e}", pos) from None
+            raise CotError.one(f"{what}: could not load GGUF {gg}: {e}", pos) from None
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
         tok = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, revision=revision)
@@ -132,7 +128,7 @@ def load_pretrained(name: str, *, trust_remote_code: bool = False, revision: str
             hint = "HF_HUB_OFFLINE is set and the model is not in the local HF cache: download it once online, or use a local path"
         else:
             hint = "check the hub name (and revision) or give a local path"
-        raise _err(f"{what}: could not load {name!r}: {first}", pos, hint=hint) from None
+        raise CotError.one(f"{what}: could not load {name!r}: {first}", pos, hint=hint) from None
     model.eval()
     return model, tok
 
@@ -151,25 +147,25 @@ def load_student(student, *, corpus=None, dtype: torch.dtype | None = None, devi
         model, tok = load_smollm2(dtype or torch.float32)
     elif kind == "hf":
         if not student.arg("model"):
-            raise _err(f"{what}: hf(...) needs a model name or path", student.pos)
+            raise CotError.one(f"{what}: hf(...) needs a model name or path", student.pos)
         model, tok = load_pretrained(student.arg("model"), trust_remote_code=bool(student.arg("trust_remote_code", False)),
                                      revision=student.arg("revision"), dtype=dtype, pos=student.pos, what=what)
     elif kind == "gguf":
         path, file = student.arg("path"), student.arg("file")
         if not path or not (file or str(path).lower().endswith(".gguf")):
-            raise _err(f"{what}: gguf(...) needs the path of a .gguf file (or a folder and file: ...)",
-                       student.pos)
+            raise CotError.one(f"{what}: gguf(...) needs the path of a .gguf file (or a folder and file: ...)",
+                               student.pos)
         model, tok = load_pretrained(path, file=file, dtype=dtype, pos=student.pos, what=what)
     elif kind == "tiny":
         from .tiny import tiny_model, train_tokenizer
 
         arch = student.arg("arch", "llama")
         if arch not in TINY_ARCHS:
-            raise _err(f"{what}: unknown tiny arch {arch!r}", student.pos, hint="llama or gpt2")
+            raise CotError.one(f"{what}: unknown tiny arch {arch!r}", student.pos, hint="llama or gpt2")
         layers, d_model, heads = (int(student.arg(k, d)) for k, d in (("layers", 2), ("d_model", 64), ("heads", 4)))
         if min(layers, d_model, heads) < 1 or d_model % heads:
-            raise _err(f"{what}: need layers, d_model, heads >= 1 and d_model divisible by heads "
-                       f"(got {layers}, {d_model}, {heads})", student.pos)
+            raise CotError.one(f"{what}: need layers, d_model, heads >= 1 and d_model divisible by heads "
+                               f"(got {layers}, {d_model}, {heads})", student.pos)
         if not corpus:
             raise ValueError("a tiny student needs the training texts (corpus=...) for its tokenizer")
         tok = train_tokenizer(corpus)
@@ -177,7 +173,7 @@ def load_student(student, *, corpus=None, dtype: torch.dtype | None = None, devi
         if dtype is not None:
             model = model.to(dtype)
     else:
-        raise _err(f"{what}: unknown student kind {kind!r}", student.pos, hint="smollm2, hf(...), gguf(...) or tiny(...)")
+        raise CotError.one(f"{what}: unknown student kind {kind!r}", student.pos, hint="smollm2, hf(...), gguf(...) or tiny(...)")
     model, tok = _with_pad(model, tok)
     if device is not None:
         model = model.to(device)

@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from cotdsl.errors import CotError, Diagnostic
+from cotdsl.errors import CotError
 from cotdsl.lang.params import REQUIRED, Param  # noqa: F401  (plugins import Param from here)
 
 
@@ -315,10 +315,6 @@ def spread_scores(tok, text: str, word_scores: Sequence[float]) -> list[float]:
 ENTRY_POINT_GROUP = "cotdsl.perturbations"
 
 
-def _plugin_error(message: str, hint: str | None = None) -> CotError:
-    return CotError([Diagnostic(None, message, hint=hint)])
-
-
 def load_plugins(names: Sequence[str] = (), *, entry_points: bool = True) -> list[str]:
     """Import each named plugin module (its `@perturbation` decorators register on import) and
     every module/function of the `cotdsl.perturbations` entry-point group. A plugin that fails to
@@ -331,15 +327,15 @@ def load_plugins(names: Sequence[str] = (), *, entry_points: bool = True) -> lis
             mod = sys.modules.get(name)
             importlib.reload(mod) if mod is not None else importlib.import_module(name)
         except Exception as e:  # any failure inside the plugin is the plugin's, not ours
-            raise _plugin_error(f"plugin {name!r} failed to import: {type(e).__name__}: {e}",
-                                hint="is the module on PYTHONPATH and free of errors?") from e
+            raise CotError.one(f"plugin {name!r} failed to import: {type(e).__name__}: {e}",
+                               hint="is the module on PYTHONPATH and free of errors?") from e
     if entry_points:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             try:
                 obj = ep.load()
             except Exception as e:
-                raise _plugin_error(f"plugin entry point {ep.name!r} ({ep.value}) failed to load: "
-                                    f"{type(e).__name__}: {e}") from e
+                raise CotError.one(f"plugin entry point {ep.name!r} ({ep.value}) failed to load: "
+                                   f"{type(e).__name__}: {e}") from e
             if isinstance(obj, Perturbation):  # an entry point may name a ready Perturbation
                 REGISTRY.setdefault(obj.name, obj)
     return sorted(set(REGISTRY) - before)

@@ -10,15 +10,21 @@ import hashlib
 import json
 from typing import Iterable
 
+from ..errors import CotError
 from ..schema import Example
 from ..spec import Source
 
 
-def user_error(message: str, pos=None, hint: str | None = None) -> Exception:
-    """A `CotError` with one diagnostic (errors.py is the shared contract)."""
-    from ..errors import CotError, Diagnostic
+user_error = CotError.one  # a bad source or file: one diagnostic, at the declaration's position
 
-    return CotError([Diagnostic(pos, message, hint=hint)])
+
+class RowError(ValueError):
+    """A row (of a file or a hub dataset) that does not fit the expected schema; `field` names the
+    field, so that the caller can report file, row and field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 def _int_arg(src: Source, key: str, default):

@@ -24,15 +24,7 @@ from typing import Any, Callable, Iterable
 
 from ..schema import Example
 from ..spec import Source
-from . import user_error
-
-
-class RowError(ValueError):
-    """A hub row that does not fit the expected schema (field name in `field`)."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
+from . import RowError, user_error
 
 
 def _lettered(row: dict, stem: str) -> Example:

@@ -19,18 +19,12 @@ from typing import Any
 
 from ..schema import LETTERS, Example
 from ..spec import Source
-from . import user_error
+from . import RowError, user_error
 
 FIELDS = ("question", "choices", "label", "id", "rationale", "highlights")
 REQUIRED = ("question", "choices", "label")
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 SEP = "|"
-
-
-class RowProblem(ValueError):
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
 
 
 def read_rows(path: Path, fmt: str | None = None) -> list[dict[str, Any]]:
@@ -78,10 +72,10 @@ def _listish(value: Any, field: str) -> list[str]:
             try:
                 parsed = json.loads(s)
             except json.JSONDecodeError:
-                raise RowProblem(field, "looks like a JSON list but does not parse") from None
+                raise RowError(field, "looks like a JSON list but does not parse") from None
             return [str(v).strip() for v in parsed]
         return [p.strip() for p in s.split(SEP)]
-    raise RowProblem(field, f"expected a list or a '{SEP}'-delimited string, got {type(value).__name__}")
+    raise RowError(field, f"expected a list or a '{SEP}'-delimited string, got {type(value).__name__}")
 
 
 def _hub_choices(value: Any) -> tuple[list[str], list[str] | None]:
@@ -91,19 +85,19 @@ def _hub_choices(value: Any) -> tuple[list[str], list[str] | None]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
-            raise RowProblem("choices", "looks like a JSON object but does not parse") from None
+            raise RowError("choices", "looks like a JSON object but does not parse") from None
     if isinstance(value, dict):
         if "text" not in value:
-            raise RowProblem("choices", f"a dict of choices needs `text` (hub form {{label: [...], text: [...]}}), "
+            raise RowError("choices", f"a dict of choices needs `text` (hub form {{label: [...], text: [...]}}), "
                                         f"got keys {sorted(value)}")
         texts = _listish(value["text"], "choices")
         labels = _listish(value["label"], "choices") if value.get("label") is not None else None
         if labels is not None and len(labels) != len(texts):
-            raise RowProblem("choices", f"{len(labels)} choice labels for {len(texts)} choice texts")
+            raise RowError("choices", f"{len(labels)} choice labels for {len(texts)} choice texts")
         return texts, labels
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         if not all("text" in v for v in value):
-            raise RowProblem("choices", "a list of choice dicts needs `text` in each ({label, text})")
+            raise RowError("choices", "a list of choice dicts needs `text` in each ({label, text})")
         labels = [str(v["label"]).strip() for v in value] if all("label" in v for v in value) else None
         return [str(v["text"]).strip() for v in value], labels
     return _listish(value, "choices"), None
@@ -114,7 +108,7 @@ def _answer(label: Any, choices: list[str], labels: list[str] | None = None) -> 
     if labels and isinstance(label, (str, int)) and not isinstance(label, bool) and str(label).strip() in labels:
         return labels.index(str(label).strip())
     if isinstance(label, bool):
-        raise RowProblem("label", f"label {label!r} is not among the choices")
+        raise RowError("label", f"label {label!r} is not among the choices")
     if isinstance(label, str):
         s = label.strip()
         if s in choices:
@@ -125,7 +119,7 @@ def _answer(label: Any, choices: list[str], labels: list[str] | None = None) -> 
             return int(s)
     elif isinstance(label, (int, float)) and float(label).is_integer() and 0 <= int(label) < len(choices):
         return int(label)
-    raise RowProblem("label", f"label {label!r} is not among the choices {choices} "
+    raise RowError("label", f"label {label!r} is not among the choices {choices} "
                               f"(as text, letter A-{LETTERS[len(choices) - 1]} or index 0-{len(choices) - 1})")
 
 
@@ -157,18 +151,18 @@ def to_example(row: dict, fields: dict[str, str], default_id: str) -> Example:
         val = lookup(row, col)
         if val is None or (isinstance(val, str) and not val.strip() and name != "rationale"):
             if required:
-                raise RowProblem(name, f"missing or empty (column {col!r})")
+                raise RowError(name, f"missing or empty (column {col!r})")
             return None
         return val
 
     question = str(get("question", True)).strip()
     choices, labels = _hub_choices(get("choices", True))
     if len(choices) < 2 or any(not c for c in choices):
-        raise RowProblem("choices", f"need at least 2 non-empty choices, got {choices}")
+        raise RowError("choices", f"need at least 2 non-empty choices, got {choices}")
     if len(set(choices)) != len(choices):
-        raise RowProblem("choices", f"duplicate choices {choices}")
+        raise RowError("choices", f"duplicate choices {choices}")
     if len(choices) > len(LETTERS):
-        raise RowProblem("choices", f"at most {len(LETTERS)} choices, got {len(choices)}")
+        raise RowError("choices", f"at most {len(LETTERS)} choices, got {len(choices)}")
     answer = _answer(get("label", True), choices, labels)
     rid = get("id", False)
     rationale = get("rationale", False)
@@ -193,7 +187,7 @@ def load_file(path: Path, fields: dict[str, str], fmt: str | None = None,
     for i, row in enumerate(rows, start=1):
         try:
             out.append(to_example(row, fields, f"{path.stem}-{i}"))
-        except RowProblem as e:
+        except RowError as e:
             raise user_error(f"{path}: row {i}: field {e.field!r}: {e}") from None
     ids = [e.id for e in out]
     if len(set(ids)) != len(ids):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..cache import atomic_write_json
+from ..errors import CotError
 from ..schema import LETTERS, Example, choice_mentions, format_prompt
 
 log = logging.getLogger("cotdsl.teacher")
@@ -47,12 +48,6 @@ PLACEHOLDERS = ("{example}", "{question}", "{choices}", "{letter}", "{label}")
 STOPS = ("\n\n", "\nQuestion:")
 
 
-def _err(message: str, pos=None, hint: str | None = None):
-    from ..errors import CotError, Diagnostic
-
-    return CotError([Diagnostic(pos, message, hint=hint)])
-
-
 def _names(ids: list[str], n: int = 5) -> str:
     return ", ".join(repr(i) for i in ids[:n]) + (f" and {len(ids) - n} more" if len(ids) > n else "")
 
@@ -61,9 +56,9 @@ def _names(ids: list[str], n: int = 5) -> str:
 def _gold(teacher, examples: list[Example]) -> list[Example]:
     missing = [e.id for e in examples if not (e.rationale or "").strip()]
     if missing:
-        raise _err(f"teacher {teacher.name} = gold, but {len(missing)} example(s) have no rationale: "
-                   f"{_names(missing)}", teacher.pos,
-                   hint="use a data source with rationales, a rationale file, or hf(...)")
+        raise CotError.one(f"teacher {teacher.name} = gold, but {len(missing)} example(s) have no rationale: "
+                           f"{_names(missing)}", teacher.pos,
+                           hint="use a data source with rationales, a rationale file, or hf(...)")
     return list(examples)
 
 
@@ -71,18 +66,18 @@ def _from_file(teacher, examples: list[Example]) -> list[Example]:
     path = Path(str(teacher.arg("path", "")))
     field = teacher.arg("field", "rationale")
     if not path.is_file():
-        raise _err(f"teacher {teacher.name}: rationale file {path} does not exist", teacher.pos)
+        raise CotError.one(f"teacher {teacher.name}: rationale file {path} does not exist", teacher.pos)
     from ..data.files import read_rows
 
     table: dict[str, str] = {}
     for n, row in enumerate(read_rows(path), start=1):  # jsonl, csv or parquet, by suffix
         for f in ("id", field):
             if row.get(f) in (None, ""):
-                raise _err(f"{path}: row {n}: field {f!r} is missing", teacher.pos)
+                raise CotError.one(f"{path}: row {n}: field {f!r} is missing", teacher.pos)
         table[str(row["id"])] = str(row[field])
     missing = [e.id for e in examples if e.id not in table]
     if missing:
-        raise _err(f"{path}: no rationale for {len(missing)} example(s): {_names(missing)}", teacher.pos)
+        raise CotError.one(f"{path}: no rationale for {len(missing)} example(s): {_names(missing)}", teacher.pos)
     return [e.with_rationale(table[e.id]) for e in examples]
 
 
@@ -172,10 +167,10 @@ def hf_settings(teacher, seed: int) -> dict:
     samples = int(teacher.arg("samples", 1))
     temperature = float(teacher.arg("temperature", 0.0))
     if samples < 1 or temperature < 0:
-        raise _err(f"teacher {teacher.name}: need samples >= 1 and temperature >= 0", teacher.pos)
+        raise CotError.one(f"teacher {teacher.name}: need samples >= 1 and temperature >= 0", teacher.pos)
     if samples > 1 and temperature == 0:
-        raise _err(f"teacher {teacher.name}: samples: {samples} with temperature 0 would repeat the "
-                   f"same greedy rationale", teacher.pos, hint="set temperature > 0 to sample")
+        raise CotError.one(f"teacher {teacher.name}: samples: {samples} with temperature 0 would repeat the "
+                           f"same greedy rationale", teacher.pos, hint="set temperature > 0 to sample")
     return {
         "v": CACHE_VERSION, "model": str(teacher.arg("model", "smollm2")),
         "model_files": _model_files(str(teacher.arg("model", "smollm2"))),
@@ -272,13 +267,13 @@ def vllm_generator(teacher, settings: dict):
     try:
         import vllm
     except ImportError:
-        raise _err(f"teacher {teacher.name}: engine: vllm needs the vllm package", teacher.pos,
-                   hint="pip install 'cotdsl[vllm]' on a machine with a CUDA GPU, or drop `engine: vllm`") from None
+        raise CotError.one(f"teacher {teacher.name}: engine: vllm needs the vllm package", teacher.pos,
+                           hint="pip install 'cotdsl[vllm]' on a machine with a CUDA GPU, or drop `engine: vllm`") from None
     import torch
 
     if not torch.cuda.is_available():
-        raise _err(f"teacher {teacher.name}: engine: vllm needs a CUDA GPU and none is visible", teacher.pos,
-                   hint="run on a GPU node, or drop `engine: vllm` to use the HF engine")
+        raise CotError.one(f"teacher {teacher.name}: engine: vllm needs a CUDA GPU and none is visible", teacher.pos,
+                           hint="run on a GPU node, or drop `engine: vllm` to use the HF engine")
     llm = vllm.LLM(model=settings["model"], revision=settings["revision"],
                    trust_remote_code=bool(teacher.arg("trust_remote_code", False)))
     greedy = settings["temperature"] == 0
@@ -347,8 +342,8 @@ def rationalize(teacher, examples: list[Example], *, cache_dir: Path,
     elif teacher.kind == "hf":
         return _hf(teacher, examples, Path(cache_dir), progress, sample_seed(teacher, seed))
     else:
-        raise _err(f"teacher {teacher.name}: unknown kind {teacher.kind!r}", teacher.pos,
-                   hint="gold, file(...) or hf(...)")
+        raise CotError.one(f"teacher {teacher.name}: unknown kind {teacher.kind!r}", teacher.pos,
+                           hint="gold, file(...) or hf(...)")
     return _stripped(out, teacher.name) if teacher.arg("strip_answer") else out
 
 
