@@ -191,6 +191,18 @@ class ProbeCfg:
     # job's), the gold one teacher-forced, or nothing (right after the prompt, every target)
     context: str = "generated"  # generated | gold | none
     score: str = "label"  # label: whole label, teacher-forced | first_token: its first token only
+    # Mechanisms at the label, each its own cached job (cotdsl/jobs/mech.py), read where the lens reads:
+    attribute: tuple[str, ...] = ()  # "dla": direct logit attribution per block, MLP and head
+    # activation patching: (from, to) pairs of condition names (every student) or of student names
+    # (every condition); `a -> b` runs b's student with a's activations patched in, one at a time
+    patch: tuple[tuple[str, str], ...] = ()
+    patch_at: str = "label"  # label: the label's reading positions | all: every position
+    attention: tuple[str, ...] = ()  # "rationale": the label position's attention to the rationale
+
+    def lens_view(self) -> "ProbeCfg":
+        """The settings the lens reads (the mechanism entries at their defaults): the lens jobs'
+        key, so adding `attribute: dla` re-runs no lens."""
+        return dataclasses.replace(self, attribute=(), patch=(), patch_at="label", attention=())
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,19 @@ class MapV:
     end_line: int = field(default=0, compare=False, repr=False)
 
 
-Value = Union[Num, Str, Name, CallV, MapV]
+@dataclass(frozen=True)
+class Pair:
+    """`a -> b` in a section entry (`probe { patch: none -> after }`): two sides named as in an
+    expectation (`masked[p=0.8]`), `Side`s without a metric. `pos` is the left side's."""
+
+    left: "Side"
+    arrow: str  # "->" or "⟶"
+    right: "Side"
+    pos: Pos
+    end_line: int = field(default=0, compare=False, repr=False)
+
+
+Value = Union[Num, Str, Name, CallV, MapV, Pair]
 
 
 # ---- targets ---------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ from cotdsl.errors import Collector, CotError, Pos, did_you_mean
 
 from . import ast
 from .expectations import build_expectations
-from .params import BAD, Param, Signature, arg_values, bind, coerce
+from .params import BAD, Param, Signature, arg_values, bind, coerce, describe
 from .parse import decode, parse_source, read_source
+from .probe import build_mechanisms
 from .targets import build_conditions
 
 # ---- what declarations and sections accept ---------------------------------------------------
@@ -61,13 +62,13 @@ DECLS = {"data": (DATA, spec.Source), "teacher": (TEACHER, spec.Teacher), "stude
 def _entries(cfg: type, **rules: dict) -> tuple[Param, ...]:
     """A section's entries: the fields of its spec dataclass (name, type, default: one source of
     truth) with the checks `rules` adds (bounds, choices, alias). `int | None` is an int entry, a
-    tuple field a list of words."""
+    tuple field a list of words, a tuple of pairs a list of `a -> b` pairs ("pairs")."""
     hints = typing.get_type_hints(cfg)
     out = []
     for f in dataclasses.fields(cfg):
         t = hints[f.name]
         if typing.get_origin(t) is tuple:
-            t = "list"
+            t = "pairs" if typing.get_origin(typing.get_args(t)[0]) is tuple else "list"
         elif type(None) in typing.get_args(t):
             t, = (a for a in typing.get_args(t) if a is not type(None))
         out.append(Param(f.name, t, default=f.default, **rules.get(f.name, {})))
@@ -86,7 +87,9 @@ SECTIONS = {
     "probe": (spec.ProbeCfg, _entries(spec.ProbeCfg, lenses={"choices": ("logit", "tuned"), "alias": "lens"},
                                       at={"choices": ("label",)}, examples=_COUNT, tuned_steps={"lo": 0},
                                       context={"choices": ("generated", "gold", "none")},
-                                      score={"choices": ("label", "first_token")})),
+                                      score={"choices": ("label", "first_token")},
+                                      attribute={"choices": ("dla",)}, patch_at={"choices": ("label", "all")},
+                                      attention={"choices": ("rationale",)})),
 }
 
 
@@ -277,13 +280,17 @@ class _Checker:
             self.col.error(extra.pos, "an experiment has exactly one teacher")
         data, teachers, students = ([x for x in map(self._decl, decls[kind].values()) if x]
                                     for kind in DECLS)
-        cfg = {kind: cls(**self._section(sections[kind], params, kind)) for kind, (cls, params) in SECTIONS.items()}
+        vals = {kind: self._section(sections[kind], params, kind) for kind, (_, params) in SECTIONS.items()}
+        pairs = vals["probe"].pop("patch", ())  # resolved against the conditions below
+        cfg = {kind: cls(**vals[kind]) for kind, (cls, _) in SECTIONS.items()}
         train, evalc, probe = cfg["train"], cfg["eval"], cfg["probe"] if "probe" in present else None
         seeds = self._seeds(seeds_stmt)
         conds: list[spec.Condition] = []
         for t in targets.values():
             conds += build_conditions(t, evalc.by, self.col, self.notes)
         self._check_scorers(conds, teachers[0] if teachers else None)
+        if probe is not None:
+            probe = build_mechanisms(probe, pairs, sections["probe"], conds, students, set(targets), self.col)
         expectations = build_expectations(expects, conds, set(targets), probe, self.col)
         return spec.Experiment(
             name=name, path=path, seeds=seeds, data=tuple(data), teacher=teachers[0] if teachers else None,
@@ -366,6 +373,14 @@ class _Checker:
                 vals = [coerce(v, Param(key, str, choices=p.choices), self.col, f"`{kind}`") for v in e.values]
                 if vals and BAD not in vals:
                     out[key] = tuple(dict.fromkeys(vals))
+                continue
+            if p.type == "pairs":  # kept as written: names are resolved once the conditions exist
+                bad = [v for v in e.values if not isinstance(v, ast.Pair)]
+                for v in bad:
+                    self.col.error(v.pos, f"`{kind}`: `{e.name}` takes pairs `a -> b` of conditions or students, "
+                                   f"got {describe(v)}", hint=f"e.g. `{e.name}: none -> after`")
+                if not bad:
+                    out[key] = tuple(e.values)
                 continue
             if len(e.values) != 1:
                 self.col.error(e.values[1].pos if len(e.values) > 1 else e.pos,

@@ -33,6 +33,8 @@ def value(v) -> str:
         return f"{v.fn}({', '.join(parts)})"
     if isinstance(v, ast.MapV):
         return "{" + ", ".join(f"{k.key}: {value(k.value)}" for k in v.items) + "}"
+    if isinstance(v, ast.Pair):
+        return f"{side(v.left)} -> {side(v.right)}"
     raise TypeError(f"not a value: {v!r}")  # pragma: no cover
 
 

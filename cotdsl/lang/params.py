@@ -96,6 +96,8 @@ def describe(v: ast.Value) -> str:
         return f"`{v.id}`"
     if isinstance(v, ast.CallV):
         return f"a call `{v.fn}(...)`"
+    if isinstance(v, ast.Pair):
+        return f"a pair `{v.left.name} -> {v.right.name}`"
     return "a map"
 
 

@@ -187,6 +187,10 @@ class _ToAst(Transformer):
 
     keyed = sweep_var  # `key: value` in a section, as `name in values` in a sweep
 
+    def pair(self, c):  # e_cond ARROW e_cond, a section value (`patch: none -> after`)
+        left, arrow, right = c
+        return ast.Pair(left, str(arrow), right, left.pos, right.end_line)
+
     def _group(self, entries):
         out: list[tuple] = []
         for kind, key, value in entries or ():
