@@ -10,6 +10,10 @@ averages. No model, tokenizer or dataset is loaded and torch is never imported:
     eval     2·N·tokens                   forward passes (rank: context once + every choice;
                                           generate: prompt + max_new_tokens, an upper bound)
     probe    2·N·tokens                   lens forward passes (+ tuned_steps batches of 8)
+    dla, attention  2·N·tokens            one forward pass over the probe's contexts
+    patch    2·N·tokens·(3·L + 3)         both runs, then one patched run per residual row,
+                                          attention and MLP output (L blocks: a tiny
+                                          student's, SmolLM2's 30, otherwise 32)
     data, render                          no model: 0
 
 N is `jobs.types.student_params` (a rough count read from the student's name). Device-hours are
@@ -25,8 +29,8 @@ from typing import Iterable
 
 from .errors import CotError, Diagnostic, did_you_mean
 from .jobs.stages import IG_STEPS
-from .jobs.types import (STAGES, DataJob, EvalJob, Job, ProbeJob, RankJob, RenderJob, SampleJob, TeacherJob,
-                         TrainJob, student_params)
+from .jobs.types import (STAGES, AttentionJob, DataJob, DlaJob, EvalJob, Job, PatchJob, ProbeJob, RankJob, RenderJob,
+                         SampleJob, TeacherJob, TrainJob, student_params)
 from .spec import Call, Condition, Experiment, Lit, Ref, Source, Student, Task, Teacher
 
 
@@ -287,6 +291,8 @@ def _cost(job: Job, exp: Experiment, sizes: dict[str, Sized], data_of: dict[str,
         p = s.profile
         tok = _capped(s.train, d.limit) * (p.prompt + p.rationale + p.label + 2)
         return JobCost(job, tok, 6 * n * tok * IG_STEPS, f"6N·{IG_STEPS}")
+    if isinstance(job, (DlaJob, AttentionJob, PatchJob)):
+        return _mech_cost(job, sizes[job.source.name], data_of[job.data_job])
     s = sizes[job.source.name]
     d = data_of[job.teacher_job if not isinstance(job, (EvalJob, ProbeJob)) else job.data_job]
     p, n = s.profile, student_params(job.student)
@@ -311,6 +317,18 @@ def _cost(job: Job, exp: Experiment, sizes: dict[str, Sized], data_of: dict[str,
         if "tuned" in job.probe.lenses:
             tok += job.probe.tuned_steps * 8 * task_tokens(job.condition.tasks[0], p, exp.train.max_len)
     return JobCost(job, tok, 2 * n * tok, "2N")
+
+
+def _mech_cost(job: Job, s: Sized, d: DataJob) -> JobCost:
+    """dla / attention: one forward over the probe's contexts; patch: 3·L + 3 of them."""
+    cond, stu = (job.to_condition, job.to_student) if isinstance(job, PatchJob) else (job.condition, job.student)
+    tok = min(job.probe.examples, _capped(s.test, d.limit_test)) * context_tokens(cond, s.profile)
+    n = student_params(stu)
+    if not isinstance(job, PatchJob):
+        return JobCost(job, tok, 2 * n * tok, "2N")
+    blocks = int(stu.arg("layers", 2)) if stu.kind == "tiny" else 30 if stu.kind == "smollm2" else 32
+    passes = 3 * blocks + 3
+    return JobCost(job, tok, 2 * n * tok * passes, f"2N·{passes}")
 
 
 # ---- the estimate -----------------------------------------------------------------------------
@@ -451,8 +469,9 @@ def summary(est: Estimate, devs: list[Device]) -> list[str]:
     out.append("assumptions:")
     out += [f"  device {d.name}: {d.about} = {d.rate / 1e12:.3g} TFLOP/s sustained" for d in devs]
     out += [f"  {n}" for n in est.notes]
-    out.append(f"  FLOPs: train 6·N·tokens, eval/probe 2·N·tokens, IG ranking 6·N·tokens·{IG_STEPS} steps, hf teacher "
-               "2·N_teacher·tokens·samples; N from the model's name (jobs.types.student_params)")
+    out.append(f"  FLOPs: train 6·N·tokens, eval/probe/dla/attention 2·N·tokens, patch 2·N·tokens·(3·blocks + 3), "
+               f"IG ranking 6·N·tokens·{IG_STEPS} steps, hf teacher 2·N_teacher·tokens·samples; N from the model's "
+               "name (jobs.types.student_params)")
     out.append("  tokens: epochs x examples x (prompt + target segments + separators + eos) x conditions x "
                "students x seeds; generation counts max_new_tokens (an upper bound)")
     if any(d.unit == "GPU" for d in devs):

@@ -1,17 +1,22 @@
 """Checked experiment -> DAG of jobs with content hashes.
 
     data ─► teacher ─► [rank (IG, when a target asks for it)] ─► render ─► train ─► eval
-                                                                                 └─► probe
+                                                                                 ├─► probe
+                                                                                 ├─► dla, attention
+                                                            (two train jobs) ───────► patch
 One `data` and `teacher` job per source; `render`/`train`/`eval`/`probe` per
-condition × student × source × seed. A job's key hashes its spec subtree, its inputs' keys and
-its stage's code version, so finished jobs are reused across runs and across specs.
+condition × student × source × seed; `dla`/`attention` as `probe` when the probe section asks for
+them (attention: rationale-first conditions only); one `patch` job per `patch: a -> b` pair ×
+student (or condition, for a pair of students) × source × seed. A job's key hashes its spec
+subtree, its inputs' keys and its stage's code version, so finished jobs are reused across runs
+and across specs.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from .cache import files_digest, stable_hash
-from .jobs.types import (STAGES, DataJob, EvalJob, Job, ProbeJob, RankJob, RenderJob, Resources, SampleJob,
-                         TeacherJob, TrainJob, resources_for)
+from .jobs.types import (STAGES, AttentionJob, DataJob, DlaJob, EvalJob, Job, PatchJob, ProbeJob, RankJob, RenderJob,
+                         Resources, SampleJob, TeacherJob, TrainJob, resources_for)
 from .spec import Condition, Experiment
 
 __all__ = ["STAGES", "Job", "Plan", "make_plan"]
@@ -93,7 +98,9 @@ def make_plan(exp: Experiment, *, limit: int | None = None, limit_test: int | No
         return resources_for(stage, stu, batch=batch, gpu=gpu, devices=devices)
 
     jobs: list[Job] = []
+    probe = exp.probe
     for src in sources:
+        runs: dict[tuple[str, str, int], tuple[Job, Job]] = {}  # (student, condition, seed) -> (train, eval)
         d = DataJob(key=stable_hash([src, files_digest(src), limit, lt, v["data"]]), deps=(), label=f"data {src.name}",
                     source=src, limit=limit, limit_test=lt)
         samples = []
@@ -155,17 +162,72 @@ def make_plan(exp: Experiment, *, limit: int | None = None, limit_test: int | No
                                  deps=(tr.id, d.id), label=f"eval {name}", train_job=tr.id, data_job=d.id,
                                  eval=exp.eval, resources=res("eval", stu, exp.eval.batch), **common)
                     deferred += [r, tr, ev]
-                    if exp.probe is not None:
+                    runs[(stu.name, cond.name, seed)] = (tr, ev)
+                    if probe is not None:
                         # a generating student is probed after its own generations: the eval job's
-                        own = exp.probe.context == "generated" and cond.eval_by == "generate"
+                        own = probe.context == "generated" and cond.eval_by == "generate"
+                        lens = probe.lens_view()  # the mechanism entries re-run no lens
                         deferred.append(ProbeJob(
-                            key=stable_hash([tr.key, exp.probe, cond.tasks[0], d.key, v["probe"]]
+                            key=stable_hash([tr.key, lens, cond.tasks[0], d.key, v["probe"]]
                                             + ([ev.key] if own else [])),
                             deps=(tr.id, d.id) + ((ev.id,) if own else ()), label=f"probe {name}", train_job=tr.id,
-                            data_job=d.id, render_job=r.id, probe=exp.probe, eval_job=ev.id if own else None,
+                            data_job=d.id, render_job=r.id, probe=lens, eval_job=ev.id if own else None,
                             resources=res("probe", stu), **common))
+                        for cls, wanted in ((DlaJob, bool(probe.attribute)),
+                                            (AttentionJob, bool(probe.attention) and reads_rationale(cond, probe))):
+                            if wanted:
+                                deferred.append(cls(
+                                    key=stable_hash([tr.key, mech_view(probe, cls.stage), cond.tasks[0], d.key,
+                                                     v[cls.stage]] + ([ev.key] if own else [])),
+                                    deps=(tr.id, d.id) + ((ev.id,) if own else ()), label=f"{cls.stage} {name}",
+                                    train_job=tr.id, data_job=d.id, probe=probe, eval_job=ev.id if own else None,
+                                    resources=res(cls.stage, stu), **common))
             jobs += deferred
+        if probe is not None and probe.patch:
+            jobs += patch_jobs(probe, conds, students, seeds, src, d, runs, v, res)
     return Plan(exp, tuple(_toposort(jobs)), limit)
+
+
+def reads_rationale(cond: Condition, probe) -> bool:
+    """Whether the probe reads `cond`'s label after a rationale (attention jobs need one)."""
+    return probe.context != "none" and cond.tasks[0].rationale_before_label()
+
+
+def mech_view(probe, stage: str) -> dict:
+    """The probe settings a mechanism job's output depends on (its key): where and on what the
+    label is read, plus `patch_at` for patching. Not the lens, not the other mechanisms."""
+    keys = ("at", "examples", "context", "score") + (("patch_at",) if stage == "patch" else ())
+    return {"stage": stage, **{k: getattr(probe, k) for k in keys}}
+
+
+def patch_jobs(probe, conds, students, seeds, src, d, runs, v, res) -> list[Job]:
+    """One PatchJob per `patch` pair x seed: a pair of conditions for every student, a pair of
+    students for every condition. Pairs whose ends are filtered out (`--only`) are left out."""
+    by_cond = {c.name: c for c in conds}
+    by_stu = {s.name: s for s in students}
+    out: list[Job] = []
+    for a, b in probe.patch:
+        if a in by_cond or b in by_cond:
+            combos = [(by_cond.get(a), s, by_cond.get(b), s) for s in students]
+        else:
+            combos = [(c, by_stu.get(a), c, by_stu.get(b)) for c in conds]
+        for ca, sa, cb, sb in combos:
+            if None in (ca, sa, cb, sb):
+                continue
+            for seed in seeds:
+                (tra, _), (trb, evb) = runs[(sa.name, ca.name, seed)], runs[(sb.name, cb.name, seed)]
+                own = probe.context == "generated" and cb.eval_by == "generate"
+                who = sa.name if sa == sb else f"{sa.name} -> {sb.name}"
+                what = f"{ca.name} -> {cb.name}" if ca != cb else ca.name
+                out.append(PatchJob(
+                    key=stable_hash([tra.key, trb.key, mech_view(probe, "patch"), cb.tasks[0], d.key, v["patch"]]
+                                    + ([evb.key] if own else [])),
+                    deps=(tra.id, trb.id, d.id) + ((evb.id,) if own else ()),
+                    label=f"patch {what} · {who} · {src.name} · seed {seed}", source=src, seed=seed,
+                    from_condition=ca, from_student=sa, from_train=tra.id, to_condition=cb, to_student=sb,
+                    to_train=trb.id, data_job=d.id, probe=probe, eval_job=evb.id if own else None,
+                    resources=res("patch", sb)))
+    return out
 
 
 def plugin_dirs(modules: tuple[str, ...]) -> tuple[str, ...]:

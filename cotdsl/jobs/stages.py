@@ -62,7 +62,13 @@ STAGE_MODULES = {
     "render": ("cotdsl.render", "cotdsl.perturb", "cotdsl.models", "cotdsl.tiny", "cotdsl.schema"),
     "train": ("cotdsl.jobs.train", "cotdsl.jobs.distributed", "cotdsl.jobs.device", "cotdsl.models", "cotdsl.tiny"),
     "eval": ("cotdsl.jobs.evaluate", "cotdsl.jobs.device", "cotdsl.render", "cotdsl.schema"),
-    "probe": ("interp.lens", "interp.tuned", "interp.commit", "cotdsl.render", "cotdsl.schema"),
+    "probe": ("interp.lens", "interp.tuned", "interp.commit", "interp.bridge", "cotdsl.render", "cotdsl.schema"),
+    # probe { attribute: dla; attention: rationale; patch: a -> b } (cotdsl.jobs.mech)
+    "dla": ("cotdsl.jobs.mech", "interp.dla", "interp.lens", "interp.bridge", "cotdsl.render", "cotdsl.schema"),
+    "attention": ("cotdsl.jobs.mech", "interp.attention", "interp.lens", "interp.bridge", "cotdsl.render",
+                  "cotdsl.schema"),
+    "patch": ("cotdsl.jobs.mech", "interp.patching", "interp.dla", "interp.lens", "interp.bridge", "cotdsl.render",
+              "cotdsl.schema"),
 }
 
 
@@ -393,7 +399,8 @@ def _probe_batch(test, cond, tok, seed, *, context: str = "generated", generated
     generated rationale (`generated[ex_id]`, the eval job's text, cut where its parsed answer
     starts; an example whose text names no choice is skipped as "unparsed"); "gold" — the gold
     rationale teacher-forced (skipped as "no rationale" without one); "none" — right after the
-    prompt, for every target."""
+    prompt, for every target. An item's "prompt" is the prompt's length in tokens and its
+    "rationale" the (start, end) tokens of the rationale in its context, or None."""
     from dataclasses import replace
 
     from ..render import Split, eval_context, generation_prompt_ids, parse_answer, render, token_ids
@@ -403,7 +410,7 @@ def _probe_batch(test, cond, tok, seed, *, context: str = "generated", generated
     for e in test:
         prompt = generation_prompt_ids(e, cond, tok)
         c = eval_context(e, cond, tok, seed=seed)
-        item = {"ex": e, "text": "", "names_choice": False}
+        item = {"ex": e, "text": "", "names_choice": False, "prompt": len(prompt), "rationale": None}
         if c is not None and (context != "none" or c.context_ids == prompt):
             item.update(context_ids=c.context_ids, choice_ids=c.choice_ids,
                         context="label first" if context != "none" else "prompt")
@@ -420,9 +427,11 @@ def _probe_batch(test, cond, tok, seed, *, context: str = "generated", generated
             g = per_choice[e.answer]
             pieces = [tok.decode(g.input_ids[a:b]) for kind, a, b in g.spans  # each piece alone: "white" "So"
                       if kind not in ("prompt", "label", "eos") and b <= g.label_span[0]]
+            rat = [(a, b) for kind, a, b in g.spans if kind == "rationale" and b <= g.label_span[0]]
             item.update(context_ids=g.input_ids[:g.label_span[0]], context="gold", text="".join(pieces),
                         choice_ids=[r.input_ids[r.label_span[0]:r.label_span[1]] for r in per_choice],
-                        names_choice=any(_names_choice(p, e.choices) for p in pieces))
+                        names_choice=any(_names_choice(p, e.choices) for p in pieces),
+                        rationale=(min(a for a, _ in rat), max(b for _, b in rat)) if rat else None)
         else:  # the student's own generation, up to where its answer starts
             text = (generated or {}).get(e.id)
             pieces = [_label_piece(cond, tok, ch) for ch in e.choices]
@@ -431,10 +440,41 @@ def _probe_batch(test, cond, tok, seed, *, context: str = "generated", generated
             if cut is None:
                 skipped["unparsed"] += 1
                 continue
+            n = _leading_tokens(tok, text[:cut], _rationale_end(text, cut, cond))
             item.update(context_ids=prompt + token_ids(tok, text[:cut]), choice_ids=[token_ids(tok, p) for p in pieces],
-                        context="generated", text=text[:cut], names_choice=_names_choice(text[:cut], e.choices))
+                        context="generated", text=text[:cut], names_choice=_names_choice(text[:cut], e.choices),
+                        rationale=(len(prompt), len(prompt) + n))
         items.append(item)
     return items, skipped
+
+
+def _rationale_end(text: str, cut: int, cond) -> int:
+    """Where the rationale ends in a generated continuation cut at `cut`: before the last
+    occurrence of the literal that precedes the label ("So the answer is:"), else at the cut;
+    trailing whitespace left out."""
+    from ..spec import Lit
+
+    task = cond.tasks[0]
+    li = task.label_index()
+    before = task.segments[li - 1] if li else None
+    end = cut
+    if isinstance(before, Lit) and before.text.strip():
+        j = text.rfind(before.text.strip(), 0, cut)
+        end = j if j >= 0 else cut
+    return len(text[:end].rstrip())
+
+
+def _leading_tokens(tok, text: str, end: int) -> int:
+    """How many of `token_ids(tok, text)` belong to text[:end]: a token goes with the side it
+    shares more characters with (character offsets of a fast tokenizer; else text[:end] alone)."""
+    from ..render import token_ids
+
+    if not text or end <= 0:
+        return 0
+    if getattr(tok, "is_fast", False):
+        offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return sum(1 for a, b in offsets if min(b, end) - a > b - max(a, end))
+    return len(token_ids(tok, text[:end]))
 
 
 def run_probe(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
@@ -553,5 +593,13 @@ def ensure_plugins(modules: tuple[str, ...], paths: tuple[str, ...]) -> None:
         perturb.load_plugins(missing, entry_points=True)
 
 
+def run_mech(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
+    """The dla, attention and patch stages (`cotdsl/jobs/mech.py`, imported on use)."""
+    from . import mech
+
+    return mech.RUNNERS[job.stage](job, store, out, progress)
+
+
 RUNNERS = {"data": run_data, "sample": run_sample, "teacher": run_teacher, "rank": run_rank, "render": run_render,
-           "train": run_train, "eval": run_eval, "probe": run_probe}
+           "train": run_train, "eval": run_eval, "probe": run_probe, "dla": run_mech, "attention": run_mech,
+           "patch": run_mech}

@@ -123,8 +123,53 @@ class ProbeJob(_PerCondition):
     eval_job: str | None = None  # EvalJob id whose generations a rationale-first student is probed after
 
 
-STAGES = ("data", "sample", "teacher", "rank", "render", "train", "eval", "probe")
-MODEL_STAGES = ("rank", "train", "eval", "probe")  # stages that put a model on a device
+@dataclass(frozen=True, kw_only=True)
+class _AtLabel(_PerCondition):
+    """A mechanism read at the label of one trained student, on the probe's examples and context."""
+
+    train_job: str
+    data_job: str
+    probe: ProbeCfg
+    eval_job: str | None = None  # as ProbeJob's: the generations a rationale-first student is read after
+
+
+@dataclass(frozen=True, kw_only=True)
+class DlaJob(_AtLabel):
+    """Direct logit attribution of the gold logit difference (`probe { attribute: dla }`)."""
+
+    stage: ClassVar[str] = "dla"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionJob(_AtLabel):
+    """The label position's attention to the prompt and the rationale (`probe { attention: rationale }`)."""
+
+    stage: ClassVar[str] = "attention"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchJob(Job):
+    """Activation patching `from -> to` (`probe { patch: none -> after }`): the `to` student's run
+    with the `from` student's activations patched in, one site at a time, both reading the `to`
+    condition's probe contexts. Two trained students of one base, one seed, one data source."""
+
+    stage: ClassVar[str] = "patch"
+    source: Source
+    seed: int
+    from_condition: Condition
+    from_student: Student
+    from_train: str  # TrainJob id
+    to_condition: Condition
+    to_student: Student
+    to_train: str  # TrainJob id
+    data_job: str
+    probe: ProbeCfg
+    eval_job: str | None = None  # the `to` condition's EvalJob, when it is read after its generations
+
+
+STAGES = ("data", "sample", "teacher", "rank", "render", "train", "eval", "probe", "dla", "attention", "patch")
+MODEL_STAGES = ("rank", "train", "eval", "probe", "dla", "attention", "patch")  # stages that put a model on a device
+MODEL_COPIES = {"dla": 2, "attention": 2, "patch": 4}
 
 
 def student_params(student: Student) -> float:
@@ -149,7 +194,9 @@ def resources_for(stage: str, student: Student | None, *, batch: int = 8, gpu: b
     if stage not in MODEL_STAGES or student is None:
         return Resources(cpus=1, gpus=0.0, mem_gb=1.0)
     n = student_params(student)
-    per_param = 16 if stage == "train" else 4
+    # inference holds one copy of the weights; a TransformerLens bridge is a second (dla's fallback,
+    # attention), and patching holds two students and a bridge of each
+    per_param = 16 if stage == "train" else 4 * MODEL_COPIES.get(stage, 1)
     mem = 1.0 + n * per_param / 1e9 + 0.05 * batch * max(n, 1e8) / 1e9
     return Resources(cpus=1, gpus=float(devices if stage == "train" else 1) if gpu else 0.0,
                      mem_gb=round(mem, 1))
