@@ -246,8 +246,12 @@ def probe(run_dir: Optional[Path] = typer.Argument(None, help="a run folder whos
           n: int = typer.Option(64, "-n", help="examples to probe"),
           quantity: str = typer.Option("choice", "--quantity",
                                        help="choice: P(gold) renormalised over the choices; full: full vocabulary"),
-          png: bool = typer.Option(True, "--png/--no-png")):
-    """Layer-by-layer confidence in the label (logit / tuned lens) for a run or a checkpoint."""
+          png: bool = typer.Option(True, "--png/--no-png"),
+          dla: bool = typer.Option(False, "--dla", help="a run's direct logit attribution report instead"),
+          patch: bool = typer.Option(False, "--patch", help="a run's activation patching report instead"),
+          attention: bool = typer.Option(False, "--attention", help="a run's attention-to-rationale report instead")):
+    """Layer-by-layer confidence in the label (logit / tuned lens) for a run or a checkpoint; with
+    --dla / --patch / --attention, a run's mechanism reports (probe { attribute / patch / attention })."""
     from cotdsl.run import probe as _probe
 
     with guard():
@@ -257,8 +261,9 @@ def probe(run_dir: Optional[Path] = typer.Argument(None, help="a run folder whos
             raise CotError(f"--lens: unknown lens {bad[0]!r} (logit, tuned)")
         if quantity not in ("choice", "full"):
             raise CotError(f"--quantity: unknown quantity {quantity!r} (choice, full)")
+        mech = tuple(k for k, on in (("dla", dla), ("patch", patch), ("attention", attention)) if on)
         raise typer.Exit(_probe(run_dir, checkpoint=checkpoint, data=data, target=target, lenses=lenses,
-                                n=n, console=out, png=png, quantity=quantity))
+                                n=n, console=out, png=png, quantity=quantity, mech=mech))
 
 
 def main() -> None:  # pragma: no cover - `python -m cotdsl.cli`

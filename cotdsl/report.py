@@ -77,6 +77,9 @@ def collect(plan: Plan, store: Store, outcomes: dict, run_dir: Path) -> None:
     baseline = next((c.name for c in exp.conditions if c.is_baseline()), None)
     atomic_write_parquet(run_dir / "summary.parquet", summarize(results, baseline, failed, exp))
     save_teacher(plan, store, run_dir)
+    from .mech_report import collect as collect_mech  # dla / attention / patch jobs (probe section)
+
+    collect_mech(plan, store, run_dir)
 
 
 # One schema for summary.parquet, whatever finished: a run whose every job failed still gets a

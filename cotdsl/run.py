@@ -111,6 +111,7 @@ def run(path: Path, *, out: Path = Path("runs"), cache: Path | None = None, limi
     from .plan import make_plan
     from .figures import figures
     from .expect import print_expectations, write as write_expectations
+    from .mech_report import print_mech
     from .report import collect, print_ig, print_lens, print_summary, save_run_header
 
     console = console or Console()
@@ -140,7 +141,7 @@ def run(path: Path, *, out: Path = Path("runs"), cache: Path | None = None, limi
     write_expectations(run_dir, exp)
     print_summary(run_dir, console)
     print_ig(run_dir, console)
-    written = print_lens(run_dir, console) + figures(run_dir)
+    written = print_lens(run_dir, console) + print_mech(run_dir, console) + figures(run_dir)
     for p in written:
         console.print(f"[dim]figure: {p}[/]")
     print_expectations(run_dir, console)
@@ -233,6 +234,7 @@ def status(run_dir: Path, *, cache: Path | None = None, console: Console | None 
 def report(run_dir: Path, *, console: Console | None = None, png: bool = True, strict: bool = False) -> int:
     from .expect import print_expectations
     from .figures import figures
+    from .mech_report import print_mech
     from .report import print_ig, print_lens, print_summary
 
     console = console or Console()
@@ -240,7 +242,8 @@ def report(run_dir: Path, *, console: Console | None = None, png: bool = True, s
         raise CotError(f"{run_dir} is not a cotdsl run folder (no summary.parquet)")
     print_summary(run_dir, console)
     print_ig(run_dir, console)
-    written = print_lens(run_dir, console, png=png) + (figures(run_dir) if png else [])
+    written = print_lens(run_dir, console, png=png) + print_mech(run_dir, console, png=png) \
+        + (figures(run_dir) if png else [])
     for p in written:
         console.print(f"[dim]figure: {p}[/]")
     print_expectations(run_dir, console)
@@ -287,18 +290,32 @@ def show(path: Path, *, target: str, n: int = 3, seed: int | None = None, consol
 def probe(target_dir: Path | None = None, *, checkpoint: Path | None = None, data: Path | None = None,
           target: str = "label", lenses: tuple[str, ...] = ("logit",), n: int = 64, seed: int = 0,
           tuned_steps: int = 100, console: Console | None = None, png: bool = True,
-          quantity: str = "choice") -> int:
+          quantity: str = "choice", mech: tuple[str, ...] = ()) -> int:
     """The layerwise report of a finished run (`target_dir`), or of any checkpoint on a data file.
 
     For a checkpoint, `target` is a target template in the language (e.g. "label -> rationale")
     saying how the student was trained, so the label is probed where that student emits it.
-    `quantity`: "choice" (P(gold) renormalised over the choices) or "full" (full vocabulary)."""
+    `quantity`: "choice" (P(gold) renormalised over the choices) or "full" (full vocabulary).
+    `mech`: some of "dla", "patch", "attention": a run's mechanism reports instead of the lens."""
     quiet_libraries()
     import polars as pl
 
     from .report import print_lens
 
     console = console or Console()
+    if mech:
+        from .mech_report import FILES, print_mech
+
+        if checkpoint is not None or target_dir is None:
+            raise CotError("--dla / --patch / --attention report a run folder (give RUN_DIR, not --checkpoint)")
+        missing = [k for k in mech if not (target_dir / FILES[k]).exists()]
+        if missing:
+            entry = {"dla": "attribute: dla", "patch": "patch: a -> b", "attention": "attention: rationale"}
+            raise CotError(f"{target_dir}: no {FILES[missing[0]]} here; its spec's probe section needs "
+                           f"`{entry[missing[0]]}`")
+        for p in print_mech(target_dir, console, png=png, only=mech):
+            console.print(f"[dim]figure: {p}[/]")
+        return EXIT_OK
     if checkpoint is None:
         if target_dir is None or not (target_dir / "lens.parquet").exists():
             raise CotError(f"{target_dir}: no layerwise results here; give a run folder whose spec has a "
