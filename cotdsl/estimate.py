@@ -125,7 +125,7 @@ class Sized:
 
 
 def _user_error(src: Source, message: str, hint: str | None = None) -> CotError:
-    return CotError([Diagnostic(src.pos, f"data {src.name}: {message}", hint=hint)])
+    return CotError.one(f"data {src.name}: {message}", src.pos, hint=hint)
 
 
 def count_rows(path: Path, fmt: str | None = None) -> int:
