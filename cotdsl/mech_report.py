@@ -19,6 +19,8 @@ from pathlib import Path
 import polars as pl
 from rich.console import Console
 
+# the context a label was read after, when not the condition's own text (lens and interp reports)
+CONTEXT_TAGS = {"gold": " [gold rationale]", "prompt": " [prompt only]"}
 FILES = {"dla": "dla.parquet", "attention": "attention.parquet", "patch": "patch.parquet"}
 FIGURES = {"dla": "dla.png", "attention": "attention.png", "patch": "patching.png"}
 
@@ -26,7 +28,6 @@ FIGURES = {"dla": "dla.png", "attention": "attention.png", "patch": "patching.pn
 def collect(plan, store, run_dir: Path) -> None:
     """Write the mechanism parquet files and mech_coverage.json for every finished job."""
     from .cache import atomic_write_json, atomic_write_parquet
-    from .report import _job_cols
 
     exp = plan.experiment
     frames: dict[str, list] = {k: [] for k in FILES}
@@ -36,7 +37,7 @@ def collect(plan, store, run_dir: Path) -> None:
             continue
         path = store.path(job.stage, job.key)
         df = pl.read_parquet(path / FILES[job.stage])
-        cols = _pair_cols(job, exp.name) if job.stage == "patch" else _job_cols(job, exp.name)
+        cols = _pair_cols(job, exp.name) if job.stage == "patch" else job.columns(exp.name)
         frames[job.stage].append(df.with_columns(*[pl.lit(v).alias(k) for k, v in cols.items()]))
         info = json.loads((path / "job.json").read_text())["info"]
         coverage.append({"stage": job.stage, **cols, **info})
@@ -109,8 +110,6 @@ def _plot(stage: str, df: pl.DataFrame, results: dict, run_dir: Path) -> Path:
 def _labels(df: pl.DataFrame, first: str) -> pl.Expr:
     """A group's label: `first` (the condition or pair), with student and data when the run has
     several, and the lens report's context tag ([gold rationale], [prompt only])."""
-    from .report import CONTEXT_TAGS
-
     label = pl.col(first)
     if df["student"].n_unique() > 1 or df["data"].n_unique() > 1:
         label = pl.concat_str([label, pl.col("student"), pl.col("data")], separator=" · ")

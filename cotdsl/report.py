@@ -17,16 +17,10 @@ from rich.console import Console
 from rich.table import Table
 
 from .cache import Store, atomic_write_json, atomic_write_parquet
+from .mech_report import CONTEXT_TAGS
 from .plan import Plan
 
 KEYS = ["condition", "student", "data"]
-
-
-def _job_cols(job, exp_name: str) -> dict:
-    c = job.condition
-    return {"experiment": exp_name, "condition": c.name, "family": c.family,
-            "params": json.dumps(dict(c.params)), "student": job.student.name,
-            "data": job.source.name, "seed": job.seed}
 
 
 def collect(plan: Plan, store: Store, outcomes: dict, run_dir: Path) -> None:
@@ -38,7 +32,7 @@ def collect(plan: Plan, store: Store, outcomes: dict, run_dir: Path) -> None:
             continue
         fname = "predictions.parquet" if job.stage == "eval" else "lens.parquet"
         df = pl.read_parquet(store.path(job.stage, job.key) / fname)
-        df = df.with_columns(*[pl.lit(v).alias(k) for k, v in _job_cols(job, exp.name).items()])
+        df = df.with_columns(*[pl.lit(v).alias(k) for k, v in job.columns(exp.name).items()])
         (frames if job.stage == "eval" else lens_frames).append(df)
     results = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     atomic_write_parquet(run_dir / "results.parquet", results)
@@ -49,21 +43,21 @@ def collect(plan: Plan, store: Store, outcomes: dict, run_dir: Path) -> None:
     for job in plan.by_stage("train"):
         if store.done("train", job.key):
             losses = json.loads((store.path("train", job.key) / "train.json").read_text()).get("losses") or []
-            cols = _job_cols(job, exp.name)
+            cols = job.columns(exp.name)
             curves += [{**cols, "step": i + 1, "loss": float(x)} for i, x in enumerate(losses)]
     atomic_write_parquet(run_dir / "train_curves.parquet", pl.DataFrame(curves) if curves else pl.DataFrame())
     coverage = []  # how many test examples each probe could read the label of
     for job in plan.by_stage("probe"):
         if store.done("probe", job.key):
             info = json.loads((store.path("probe", job.key) / "job.json").read_text())["info"]
-            coverage.append({**_job_cols(job, exp.name), "probed": info.get("examples"), "of": info.get("of"),
+            coverage.append({**job.columns(exp.name), "probed": info.get("examples"), "of": info.get("of"),
                              **{k: info.get(k) for k in ("context", "score", "unparsed", "no_rationale",
                                                          "names_choice", "tied")}})
     atomic_write_json(run_dir / "probe_coverage.json", coverage)
     failed = {}  # (condition, student, data) -> (evaluations that did not finish, first cause)
     for job in plan.jobs:
         if job.stage == "eval" and outcomes.get(job.id) and outcomes[job.id].status in ("failed", "skipped"):
-            k = tuple(_job_cols(job, exp.name)[c] for c in KEYS)
+            k = tuple(job.columns(exp.name)[c] for c in KEYS)
             n, cause = failed.get(k, (0, outcomes[job.id].cause))
             failed[k] = (n + 1, cause)
     ig = [j for j in plan.by_stage("rank") if store.done("rank", j.key)]
@@ -225,9 +219,6 @@ CONTEXTS = {"label first": "the target's own text before the label (label first:
             "generated": "its own generated rationale (the evaluation's greedy text, up to its answer)",
             "gold": "the GOLD rationale, teacher-forced (probe { context: gold })",
             "prompt": "the prompt only (probe { context: none })"}
-CONTEXT_TAGS = {"gold": " [gold rationale]", "prompt": " [prompt only]"}
-
-
 def _print_contexts(df: pl.DataFrame, covs: list[dict], console: Console) -> None:
     """Which text each condition's label was read after; gold contexts naming a choice; ties."""
     from rich.markup import escape

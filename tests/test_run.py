@@ -466,7 +466,7 @@ def test_probe_context_generated_is_the_students_own_text_tokenised_as_in_traini
     each choice's ids are the label's training tokens."""
     from dataclasses import replace
 
-    from cotdsl.jobs.stages import _probe_batch
+    from cotdsl.jobs.stages import probe_batch
     from cotdsl.render import render
 
     conds, ex, tok = probe_setup
@@ -476,41 +476,41 @@ def test_probe_context_generated_is_the_students_own_text_tokenised_as_in_traini
         per_choice = [render(replace(own, answer=i), cond, tok, seed=0)[0] for i in range(3)]
         planted = per_choice[0].text[per_choice[0].text.index("Answer:") + len("Answer:"):]
         for gold_ex in (ex, replace(ex, rationale=None)):  # real data: no test rationale needed
-            (item,), skipped = _probe_batch([gold_ex], cond, tok, 0, context="generated", generated={"x1": planted})
+            (item,), skipped = probe_batch([gold_ex], cond, tok, 0, context="generated", generated={"x1": planted})
             assert item["context"] == "generated" and skipped == {"unparsed": 0, "no rationale": 0}
             for c, r in enumerate(per_choice):
                 assert item["context_ids"] + item["choice_ids"][c] == r.input_ids[:r.label_span[1]], (name, c)
             assert item["names_choice"] is False  # "my own words falls in winter" names no choice
     # unparseable or missing generations are counted, not probed
-    items, skipped = _probe_batch([ex], conds["before"], tok, 0, context="generated", generated={"x1": " no idea"})
+    items, skipped = probe_batch([ex], conds["before"], tok, 0, context="generated", generated={"x1": " no idea"})
     assert items == [] and skipped["unparsed"] == 1
-    items, skipped = _probe_batch([ex], conds["before"], tok, 0, context="generated", generated={})
+    items, skipped = probe_batch([ex], conds["before"], tok, 0, context="generated", generated={})
     assert items == [] and skipped["unparsed"] == 1
 
 
 def test_probe_context_gold_and_none_and_label_first(probe_setup):
     from dataclasses import replace
 
-    from cotdsl.jobs.stages import _probe_batch
+    from cotdsl.jobs.stages import probe_batch
     from cotdsl.render import eval_context, generation_prompt_ids, render, token_ids
 
     conds, ex, tok = probe_setup
     cond = conds["before"]
-    (item,), _ = _probe_batch([ex], cond, tok, 0, context="gold")
+    (item,), _ = probe_batch([ex], cond, tok, 0, context="gold")
     g = render(ex, cond, tok, seed=0)[0]
     assert item["context"] == "gold" and item["context_ids"] == g.input_ids[:g.label_span[0]]
     assert item["names_choice"] is True  # "snow is white" states the answer: flagged
-    (quiet,), _ = _probe_batch([replace(ex, rationale="it falls in winter")], cond, tok, 0, context="gold")
+    (quiet,), _ = probe_batch([replace(ex, rationale="it falls in winter")], cond, tok, 0, context="gold")
     assert quiet["names_choice"] is False
-    items, skipped = _probe_batch([replace(ex, rationale=None)], cond, tok, 0, context="gold")
+    items, skipped = probe_batch([replace(ex, rationale=None)], cond, tok, 0, context="gold")
     assert items == [] and skipped["no rationale"] == 1
     for name in ("before", "unk3", "none"):  # none: right after the prompt, whatever the target
-        (item,), _ = _probe_batch([ex], conds[name], tok, 0, context="none")
+        (item,), _ = probe_batch([ex], conds[name], tok, 0, context="none")
         assert item["context"] == "prompt" and item["context_ids"] == generation_prompt_ids(ex, conds[name], tok)
         assert item["choice_ids"] == [token_ids(tok, " " + c) for c in ex.choices]
     for mode in ("generated", "gold"):  # label first: rank evaluation's context, no rationale involved
         for name in ("none", "after", "unk3"):
-            (item,), _ = _probe_batch([replace(ex, rationale=None)], conds[name], tok, 0, context=mode, generated={})
+            (item,), _ = probe_batch([replace(ex, rationale=None)], conds[name], tok, 0, context=mode, generated={})
             c = eval_context(ex, conds[name], tok, seed=0)
             assert item["context"] == "label first"
             assert (item["context_ids"], item["choice_ids"]) == (c.context_ids, c.choice_ids)

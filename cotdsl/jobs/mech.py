@@ -1,5 +1,5 @@
 """The mechanism stages of `probe { attribute: dla; attention: rationale; patch: a -> b }`: read at
-the label of trained students, on the probe's examples and contexts (`stages._probe_batch`: the
+the label of trained students, on the probe's examples and contexts (`stages.probe_batch`: the
 same context, choices and score as the lens), each its own cached job.
 
     dla        dla.parquet        one row per example: the gold logit difference and its parts
@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..cache import Store
-from .stages import Progress, _no_progress, _probe_batch, job_dir, load_examples, trained
+from .stages import Progress, no_progress, probe_batch, job_dir, load_examples, trained
 
 
 def probe_items(job, store: Store, cond, tok, model_seed: int):
@@ -32,7 +32,7 @@ def probe_items(job, store: Store, cond, tok, model_seed: int):
 
         pred = pl.read_parquet(job_dir(store, job.eval_job) / "predictions.parquet")
         generated = {r["ex_id"]: r["generated"] for r in pred.iter_rows(named=True) if r["generated"] is not None}
-    items, skipped = _probe_batch(test, cond, tok, model_seed, context=cfg.context, generated=generated)
+    items, skipped = probe_batch(test, cond, tok, model_seed, context=cfg.context, generated=generated)
     if cfg.score == "first_token":
         for it in items:
             it["choice_ids"] = [x[:1] for x in it["choice_ids"]]
@@ -68,7 +68,7 @@ def dla_schema() -> dict:
             "heads": pl.List(lf)}
 
 
-def run_dla(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
+def run_dla(job, store: Store, out: Path, progress: Progress = no_progress) -> dict:
     """Direct logit attribution of each example's gold-minus-distractors logit difference."""
     model, tok = trained(store, job.train_job)
     items, skipped, n = probe_items(job, store, job.condition, tok, job.seed)
@@ -103,7 +103,7 @@ def attention_schema() -> dict:
             "len_other": pl.Int64}
 
 
-def run_attention(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
+def run_attention(job, store: Store, out: Path, progress: Progress = no_progress) -> dict:
     """The label position's attention mass on the prompt, the rationale and every other token."""
     model, tok = trained(store, job.train_job)
     items, skipped, n = probe_items(job, store, job.condition, tok, job.seed)
@@ -138,7 +138,7 @@ def patch_schema() -> dict:
             "corrupted": pl.Float64, "resid": lf, "attn": lf, "mlp": lf}
 
 
-def run_patch(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
+def run_patch(job, store: Store, out: Path, progress: Progress = no_progress) -> dict:
     """`from -> to`: the `to` student's run with the `from` student's activations patched in,
     both reading the `to` condition's probe contexts (one input, two models)."""
     src, src_tok = trained(store, job.from_train)

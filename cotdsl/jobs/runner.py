@@ -49,6 +49,9 @@ def run_job(job, store: Store | str | Path, progress: Progress | None = None,
     from ..errors import CotError
     from .stages import RUNNERS
 
+    if job.stage not in RUNNERS:  # dla / attention / patch: imported on use (mech imports stages)
+        from .mech import RUNNERS
+
     _quiet_transformers()
     store = store if isinstance(store, Store) else Store(Path(store))
     if store.done(job.stage, job.key):

@@ -21,7 +21,7 @@ from ..schema import Example, format_prompt
 Progress = Callable[[int, int], None]
 
 
-def _no_progress(done: int, total: int) -> None:
+def no_progress(done: int, total: int) -> None:
     pass
 
 
@@ -130,7 +130,7 @@ def corpus(store: Store, teacher_job: str) -> list[str]:
 
 
 # ---- stages ----------------------------------------------------------------------------------
-def run_data(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
+def run_data(job, store: Store, out: Path, progress: Progress = no_progress) -> dict:
     from ..data import fingerprint, load_source
 
     train, test = load_source(job.source)
@@ -145,7 +145,7 @@ def run_data(job, store: Store, out: Path, progress: Progress = _no_progress) ->
     return {"train": len(train), "test": len(test)}
 
 
-def run_sample(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
+def run_sample(job, store: Store, out: Path, progress: Progress = no_progress) -> dict:
     """Raw samples of an hf teacher for one shard of the training questions."""
     from ..models import cache_dir
     from .teacher import hf_settings, sample, sample_seed, shard_range
@@ -159,7 +159,7 @@ def run_sample(job, store: Store, out: Path, progress: Progress = _no_progress) 
     return {"questions": stop - start, "shard": f"{job.shard + 1}/{job.shards}"}
 
 
-def run_teacher(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
+def run_teacher(job, store: Store, out: Path, progress: Progress = no_progress) -> dict:
     from ..models import cache_dir
     from .teacher import diagnostics, diagnostics_line, from_samples, rationalize
 
@@ -188,7 +188,7 @@ def run_teacher(job, store: Store, out: Path, progress: Progress = _no_progress)
 IG_BASELINE, IG_STEPS = "pad", 20
 
 
-def run_rank(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
+def run_rank(job, store: Store, out: Path, progress: Progress = no_progress) -> dict:
     """Integrated-Gradients word scores of every training rationale under the base student
     (the scorer), for `keytokens(rationale, k, by: ig)`; plus one example drawn as a figure."""
     from interp.attribution import IGItem, ig_word_scores, summarize
@@ -221,7 +221,7 @@ def run_rank(job, store: Store, out: Path, progress: Progress = _no_progress) ->
             "median |delta|/|f(x)-f(b)|": None if summ["median_rel_delta"] is None else round(summ["median_rel_delta"], 3)}
 
 
-def run_render(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
+def run_render(job, store: Store, out: Path, progress: Progress = no_progress) -> dict:
     import polars as pl
 
     from dataclasses import replace
@@ -272,7 +272,7 @@ def load_rendered(path: Path) -> list:
                      spans=[tuple(s) for s in json.loads(r["spans"])], variant=r.get("variant") or 0) for r in rows]
 
 
-def run_train(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
+def run_train(job, store: Store, out: Path, progress: Progress = no_progress) -> dict:
     import copy
 
     from .train import train
@@ -309,7 +309,7 @@ def trained(store: Store, train_id: str):
     return model, tok
 
 
-def run_eval(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
+def run_eval(job, store: Store, out: Path, progress: Progress = no_progress) -> dict:
     import polars as pl
 
     from ..render import eval_context, generation_prompt_ids, parse_answer
@@ -389,7 +389,7 @@ def _names_choice(text: str, choices) -> bool:
     return any(mentions(text, c) for c in choices)
 
 
-def _probe_batch(test, cond, tok, seed, *, context: str = "generated", generated: dict | None = None):
+def probe_batch(test, cond, tok, seed, *, context: str = "generated", generated: dict | None = None):
     """What precedes the label at test time and each choice's whole label ids, tokenised as in
     training. -> (items, skipped): items are dicts (ex, context_ids, choice_ids, context, text,
     names_choice); skipped counts examples that cannot be probed by cause.
@@ -477,7 +477,7 @@ def _leading_tokens(tok, text: str, end: int) -> int:
     return len(token_ids(tok, text[:end]))
 
 
-def run_probe(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
+def run_probe(job, store: Store, out: Path, progress: Progress = no_progress) -> dict:
     cfg = job.probe
     model, tok = trained(store, job.train_job)
     test = load_examples(job_dir(store, job.data_job) / "test.jsonl")[: cfg.examples]
@@ -518,7 +518,7 @@ def lens_frame(model, tok, examples, cond, seed, lenses, *, tuned=None, progress
     "first_token"), choice_p_gold (renormalised over the choices), rank_gold (the gold label's
     first token), commit_layer, context (what preceded the label: "label first", "generated",
     "gold", "prompt"), score, tied (two choices scored on identical ids). `context`/`generated`:
-    see `_probe_batch`; a rationale-first target with context "generated" and no `generated`
+    see `probe_batch`; a rationale-first target with context "generated" and no `generated`
     texts is generated here (greedy, `max_new_tokens`, as evaluation does). `tuned()` builds the
     tuned lens when "tuned" is asked for. `info`, if given, receives the counts (context, score,
     unparsed, no_rationale, names_choice, tied) and one "contexts" row per example.
@@ -539,7 +539,7 @@ def lens_frame(model, tok, examples, cond, seed, lenses, *, tuned=None, progress
         texts = generate(model, tok, [generation_prompt_ids(e, cond, tok) for e in todo], max_new_tokens=max_new_tokens,
                          batch=batch, eos_token_id=tok.eos_token_id) if todo else []
         generated = {e.id: t for e, t in zip(todo, texts)}
-    items, skipped = _probe_batch(examples, cond, tok, seed, context=context, generated=generated)
+    items, skipped = probe_batch(examples, cond, tok, seed, context=context, generated=generated)
     if score == "first_token":
         for it in items:
             it["choice_ids"] = [x[:1] for x in it["choice_ids"]]
@@ -593,13 +593,5 @@ def ensure_plugins(modules: tuple[str, ...], paths: tuple[str, ...]) -> None:
         perturb.load_plugins(missing, entry_points=True)
 
 
-def run_mech(job, store: Store, out: Path, progress: Progress = _no_progress) -> dict:
-    """The dla, attention and patch stages (`cotdsl/jobs/mech.py`, imported on use)."""
-    from . import mech
-
-    return mech.RUNNERS[job.stage](job, store, out, progress)
-
-
 RUNNERS = {"data": run_data, "sample": run_sample, "teacher": run_teacher, "rank": run_rank, "render": run_render,
-           "train": run_train, "eval": run_eval, "probe": run_probe, "dla": run_mech, "attention": run_mech,
-           "patch": run_mech}
+           "train": run_train, "eval": run_eval, "probe": run_probe}

@@ -85,6 +85,15 @@ class _PerCondition(Job):
     source: Source
     seed: int
 
+    def columns(self, experiment: str) -> dict:
+        """Who this job's rows belong to, as columns of the run's parquet files."""
+        import json
+
+        c = self.condition
+        return {"experiment": experiment, "condition": c.name, "family": c.family,
+                "params": json.dumps(dict(c.params)), "student": self.student.name,
+                "data": self.source.name, "seed": self.seed}
+
 
 @dataclass(frozen=True, kw_only=True)
 class RenderJob(_PerCondition):

@@ -176,15 +176,15 @@ def test_rationale_spans_of_generated_and_gold_contexts():
     tok = train_tokenizer([format_prompt(e) + " " + e.rationale for e in train + test])
     (cond,) = [c for c in check_source(spec_text(), "tiny.cot").conditions if c.name == "before"]
     gen = {e.id: f" {e.rationale}\nSo the answer is: {e.label}" for e in test}
-    items, skipped = stages._probe_batch(test, cond, tok, 0, context="generated", generated=gen)
+    items, skipped = stages.probe_batch(test, cond, tok, 0, context="generated", generated=gen)
     assert len(items) == len(test) and skipped["unparsed"] == 0
     for it in items:
         a, b = it["rationale"]
         assert a == it["prompt"] and tok.decode(it["context_ids"][a:b]).strip() == it["ex"].rationale.strip()
         assert tok.decode(it["context_ids"][b:]).strip() == "So the answer is:"
-    items, _ = stages._probe_batch(test, cond, tok, 0, context="gold")
+    items, _ = stages.probe_batch(test, cond, tok, 0, context="gold")
     for it in items:
         a, b = it["rationale"]
         assert a >= it["prompt"] and tok.decode(it["context_ids"][a:b]).strip() == it["ex"].rationale.strip()
-    items, _ = stages._probe_batch(test, cond, tok, 0, context="none")
+    items, _ = stages.probe_batch(test, cond, tok, 0, context="none")
     assert all(it["rationale"] is None and len(it["context_ids"]) == it["prompt"] for it in items)
