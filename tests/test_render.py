@@ -422,3 +422,20 @@ def test_bundled_specs_render(tok):
         pytest.skip("no specs yet")
     for path in specs:
         _check_all(tok, check.load(path))
+
+
+def test_a_degenerate_ig_item_keeps_the_rationales_first_words(tok):
+    """IG attributions of an item with f(x) == f(baseline) are noise: the rank stage hands
+    keytokens the stated fallback (first words) instead of their order."""
+    from types import SimpleNamespace
+
+    from cotdsl.jobs.stages import ig_ranking
+
+    w = EX.rationale.split()
+    noise = [0.0, 1e-9, -2e-9, 3e-9] + [0.0] * (len(w) - 4)
+    assert ig_ranking(SimpleNamespace(word_scores=noise, degenerate=False)) == noise
+    ranking = ig_ranking(SimpleNamespace(word_scores=noise, degenerate=True))
+    assert ranking == sorted(ranking, reverse=True) and len(set(ranking)) == len(w)
+    c = cond("keys", L, call("keytokens", R, 3))
+    (r,) = render(EX, c, tok, seed=0, rankings={"ig": {"ex-7": ranking}})
+    assert target(r) == " on the mat\n" + " ".join(w[:3])

@@ -188,6 +188,16 @@ def run_teacher(job, store: Store, out: Path, progress: Progress = no_progress) 
 IG_BASELINE, IG_STEPS = "pad", 20
 
 
+def ig_ranking(result) -> list[float]:
+    """The word scores `keytokens(..., by: ig)` ranks by. A degenerate item (|f(x) − f(baseline)|
+    under interp's DEGENERATE_GAP: its attributions sum to ~0 and their order is noise) falls back
+    to the stated rule "the rationale's first words": scores n, n−1, ..., 1 by position."""
+    if getattr(result, "degenerate", False):
+        n = len(result.word_scores)
+        return [float(n - i) for i in range(n)]
+    return [float(x) for x in result.word_scores]
+
+
 def run_rank(job, store: Store, out: Path, progress: Progress = no_progress) -> dict:
     """Integrated-Gradients word scores of every training rationale under the base student
     (the scorer), for `keytokens(rationale, k, by: ig)`; plus one example drawn as a figure."""
@@ -211,13 +221,14 @@ def run_rank(job, store: Store, out: Path, progress: Progress = no_progress) -> 
         items = [IGItem(context=format_prompt(e), rationale=e.rationale, label=e.label) for e in exs[i:i + 4]]
         res += ig_word_scores(model, tok, items, baseline=baseline, steps=IG_STEPS)
         progress(len(res), len(exs))
-    atomic_write_json(out / "rankings.json", {e.id: [float(x) for x in r.word_scores] for e, r in zip(exs, res)})
+    atomic_write_json(out / "rankings.json", {e.id: ig_ranking(r) for e, r in zip(exs, res)})
     atomic_write_json(out / "ig.json", [dict(r.to_dict(), ex_id=e.id) for e, r in zip(exs, res)])
     attribution_png(res[0], out / "ig_example.png", title=f"IG word attributions: {exs[0].id}",
                     highlights=exs[0].highlights or ())
     summ = summarize(res)
     atomic_write_json(out / "summary.json", summ)
     return {"examples": len(res), "baseline": baseline, "steps": IG_STEPS,
+            "degenerate (first words kept)": sum(bool(getattr(r, "degenerate", False)) for r in res),
             "median |delta|/|f(x)-f(b)|": None if summ["median_rel_delta"] is None else round(summ["median_rel_delta"], 3)}
 
 
