@@ -45,6 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_name  # bench/machine.py (bench/ is on sys.path when a bench runs)
+
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -163,16 +165,6 @@ def child_dispatch(a: dict) -> dict:
 
 
 # ---- the parent -------------------------------------------------------------------------------
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
-
-
 def slurm_env() -> dict | None:
     """Environment for a child that uses Slurm, or None when no cluster answers."""
     conf = os.environ.get("SLURM_CONF")

@@ -16,24 +16,15 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from machine import cpu_name  # bench/machine.py (bench/ is on sys.path when a bench runs)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def main() -> None:
