@@ -34,7 +34,8 @@ import sys
 import time
 from pathlib import Path
 
-from machine import cpu_name  # bench/machine.py (bench/ is on sys.path when a bench runs)
+from common import emit, figure  # bench/common.py (bench/ is on sys.path when a bench runs)
+from machine import cpu_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -134,6 +135,20 @@ def main() -> None:
     print(f"{a.model}, batch {a.batch} x {a.seq}, {a.choices} choices x {a.label_tokens} label tokens, "
           f"{out['threads']} torch threads, fp32, {out['cpu']}; components add up within {res.error():.1e}")
     print("RESULT " + json.dumps(out))
+    figs = [figure("plain forward (median)", med["plain"], "s"),
+            figure("plain forward, logits_to_keep=1 (median)", med["plain_last"], "s"),
+            figure("dla, method tl (median)", med["dla"], "s", ratio=out["dla_over_plain"], vs="plain forward",
+                   goal=("<=", 3)),
+            figure("dla, method hf (median)", med["dla_hf"], "s", ratio=out["dla_hf_over_plain"], vs="plain forward",
+                   goal=("<=", 3)),
+            figure("bridge build (once)", t_bridge, "s"),
+            figure("components' sum vs the gold logit difference, max abs error", res.error(), "")]
+    if "plain_rows" in med:
+        figs += [figure(f"plain forward of the {a.batch * a.choices} rows DLA tl runs (median)", med["plain_rows"], "s"),
+                 figure("dla, method tl (median)", med["dla"], "s", ratio=out["dla_over_plain_rows"],
+                        vs="plain forward of the same rows")]
+    emit("dla_cost", figs, **{k: out[k] for k in ("model", "threads", "batch", "seq", "choices", "label_tokens",
+                                                   "repeats")})
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from common import emit, figure  # noqa: E402 - bench/common.py (bench/ is on sys.path when a bench runs)
 from cotdsl.lang.check import _Checker, check_source  # noqa: E402
 from cotdsl.lang.parse import parse_source  # noqa: E402
 
@@ -126,11 +127,21 @@ def main() -> None:
     print(f"parse only:     {_median(parse_t)}")
     print(f"check only:     {_median(check_t)}")
     print(f"parse + check:  {_median(total_t)}   (target < 200 ms)")
-    print(f"lark inline:    {_median(lark_inline(text, runs, clock))}   (parse only; instead of parse_fast)")
+    lark_t = lark_inline(text, runs, clock)
+    print(f"lark inline:    {_median(lark_t)}   (parse only; instead of parse_fast)")
     c = cold(text)
     print(f"cold process:   {c['total'] * 1e3:6.1f} ms = interpreter {c['startup'] * 1e3:.0f} + import "
           f"{c['import'] * 1e3:.0f} + parser build/load {c['build'] * 1e3:.0f} + parse+check "
           f"{c['check'] * 1e3:.0f} ms (median of 3 fresh processes)")
+    med = {k: statistics.median(v) * 1e3 for k, v in (("parse", parse_t), ("check", check_t), ("total", total_t),
+                                                     ("lark", lark_t))}
+    emit("parse_speed", [
+        figure("parse only, parse_fast (median)", med["parse"], "ms"),
+        figure("check only (median)", med["check"], "ms"),
+        figure("parse + check, check_source (median)", med["total"], "ms", goal=("<", 200)),
+        figure("parse only, lark inline (median)", med["lark"], "ms", ratio=med["lark"] / med["parse"], vs="parse_fast"),
+        figure("cold process: interpreter start to checked spec (median of 3)", c["total"] * 1e3, "ms"),
+    ], runs=runs, clock="process CPU" if args.cpu else "wall", lines=n, conditions=len(exp.conditions))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from cotdsl.lang import grammar, parse
 from cotdsl.lang.grammar import fast_parser, parser
 from cotdsl.lang.parse import _ToAst, parse_source
 from cotdsl.lang.parse_fast import Fallback
-from test_fuzz import SPECS, generated, mutated
+from fuzz_specs import SPECS, generated, mutated
 
 
 def dump(x):
