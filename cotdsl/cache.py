@@ -125,9 +125,10 @@ class Store:
     """Job outputs under `root/<stage>/<key>/`; `work(stage, key)` is a persistent scratch dir a
     long job (training) checkpoints into so that a killed run resumes instead of restarting."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, create: bool = True):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:  # False: inspect a store (`cotdsl cache ls`), perhaps read-only, without writing
+            self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
@@ -143,7 +144,7 @@ class Store:
         `on_wait()` is called once if another process holds it."""
         from filelock import FileLock, Timeout
 
-        path = self.root / stage / f".{key}.lock"
+        path = self.lock_path(stage, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         lk = FileLock(str(path))
         try:
@@ -156,6 +157,36 @@ class Store:
             yield
         finally:
             lk.release()
+
+    def lock_path(self, stage: str, key: str) -> Path:
+        return self.root / stage / f".{key}.lock"
+
+    def held(self, stage: str, key: str) -> bool:
+        """Whether some process holds the job's lock now (its job is running). Creates nothing,
+        so a read-only store can be inspected; the same flock `lock` takes (filelock on Unix)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not Unix: ask filelock, which creates the lock file
+            from filelock import FileLock, Timeout
+
+            lk = FileLock(str(self.lock_path(stage, key)))
+            try:
+                lk.acquire(timeout=0)
+            except Timeout:
+                return True
+            lk.release()
+            return False
+        try:
+            fd = os.open(self.lock_path(stage, key), os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops a lock this probe took
+        return False
 
     def clean_stale(self, stage: str, key: str) -> int:
         """Remove temp dirs a killed run left for this job (call while holding its lock)."""

@@ -266,6 +266,36 @@ def probe(run_dir: Optional[Path] = typer.Argument(None, help="a run folder whos
                                 n=n, console=out, png=png, quantity=quantity, mech=mech))
 
 
+cache_app = typer.Typer(help="The job store: what it holds (ls); removing what no spec uses (gc).",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+_CACHE = "job store (default .cotdsl-cache or $COTDSL_JOBS)"
+
+
+@cache_app.command("ls")
+def cache_ls(cache: Optional[Path] = typer.Option(None, "--cache", help=_CACHE)):
+    """Entries per stage (finished, unfinished, running now) and their size on disk."""
+    from cotdsl.cache_cli import ls
+
+    with guard():
+        raise typer.Exit(ls(cache, console=out))
+
+
+@cache_app.command("gc")
+def cache_gc(specs: List[Path] = typer.Argument(..., help="specs (.cot) or run folders whose jobs to keep"),
+             dry_run: bool = typer.Option(False, "--dry-run", help="list what would be removed; remove nothing"),
+             cache: Optional[Path] = typer.Option(None, "--cache", help=_CACHE),
+             limit: Optional[int] = typer.Option(None, "--limit", help="plan the specs as `run --limit N` did"),
+             limit_test: Optional[int] = typer.Option(None, "--limit-test", help="as `run --limit-test N`")):
+    """Remove every store entry that none of the given specs' full plans (every condition, student,
+    data source and seed) or run folders uses, and print what goes and the bytes freed. Entries of
+    running jobs stay; nothing is removed while a job none of them plans is running."""
+    from cotdsl.cache_cli import gc
+
+    with guard():
+        raise typer.Exit(gc(cache, specs, console=out, dry_run=dry_run, limit=limit, limit_test=limit_test))
+
+
 def main() -> None:  # pragma: no cover - `python -m cotdsl.cli`
     app()
 
