@@ -187,6 +187,8 @@ def status(run_dir: Path, *, cache: Path | None = None, console: Console | None 
 
     from rich.markup import escape
 
+    from .executors import mib
+
     console = console or Console()
     if not (run_dir / "plan.json").exists():
         raise CotError(f"{run_dir} is not a cotdsl run folder (no plan.json)")
@@ -198,11 +200,14 @@ def status(run_dir: Path, *, cache: Path | None = None, console: Console | None 
         from .executors.on_slurm import slurm_states
 
         states = slurm_states(det["folder"], {j: s for j, s in det["slurm"].items() if not store.done(*j.split("/", 1))})
-    rows, problems = Counter(), []
+    rows, problems, peak = Counter(), [], {}
     for j in jobs:
         stage = j["id"].split("/", 1)[0]
         if store.done(*j["id"].split("/", 1)):
             what = "done"
+            rss = _peak_rss(store, j["id"])
+            if rss:
+                peak[stage] = max(peak.get(stage, 0), rss)
         elif j["id"] in states:
             st, res = states[j["id"]]
             if res is not None and res.status in ("failed", "skipped"):
@@ -223,12 +228,25 @@ def status(run_dir: Path, *, cache: Path | None = None, console: Console | None 
     t.add_column("stage")
     for c in cols:
         t.add_column(c, justify="right")
+    if peak:
+        t.add_column("peak RSS (largest job)", justify="right")
     for stage in dict.fromkeys(j["id"].split("/", 1)[0] for j in jobs):
-        t.add_row(stage, *[str(rows.get((stage, c), 0) or "") for c in cols])
+        t.add_row(stage, *[str(rows.get((stage, c), 0) or "") for c in cols],
+                  *([mib(peak[stage]) if stage in peak else ""] if peak else []))
     console.print(t)
     for label, cause in problems:
         console.print(f"[red]✗[/] {escape(label)}: {escape(str(cause))}", soft_wrap=True)
     return EXIT_OK
+
+
+def _peak_rss(store: Store, job_id: str) -> int | None:
+    """The peak RSS a done job recorded in its job.json (None for jobs published before it was)."""
+    import json
+
+    try:
+        return json.loads((store.path(*job_id.split("/", 1)) / "job.json").read_text()).get("peak_rss_bytes")
+    except (OSError, ValueError):
+        return None
 
 
 def report(run_dir: Path, *, console: Console | None = None, png: bool = True, strict: bool = False) -> int:

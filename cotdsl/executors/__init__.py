@@ -113,7 +113,8 @@ def execute(plan: Plan, store: Store, *, run_dir: Path, console: Console | None 
     atomic_write_json(run_dir / "jobs.json", {
         j.id: {"label": j.label, "stage": j.stage, "status": outcomes[j.id].status,
                "seconds": round(outcomes[j.id].seconds, 2), "cause": outcomes[j.id].cause,
-               "attempts": outcomes[j.id].attempts, "info": outcomes[j.id].info} for j in plan.jobs})
+               "attempts": outcomes[j.id].attempts, "peak_rss_bytes": outcomes[j.id].peak_rss,
+               "info": outcomes[j.id].info} for j in plan.jobs})
     return outcomes
 
 
@@ -233,9 +234,15 @@ class _View:
         self._drop(job)
         if out.status == "ran":
             shown = ", ".join(f"{k} {v}" for k, v in out.info.items())
-            self.prog.console.print(f"[green]✓[/] {escape(job.label)} [dim]({out.seconds:.1f} s"
+            rss = f", peak RSS {mib(out.peak_rss)}" if out.peak_rss else ""
+            self.prog.console.print(f"[green]✓[/] {escape(job.label)} [dim]({out.seconds:.1f} s{rss}"
                                     f"{'; ' + escape(shown) if shown else ''})[/]")
         elif out.status == "failed":
             safe = job.id.replace("/", "-")
             (self.failures / f"{safe}.txt").write_text(f"{job.label}\n{out.cause}\n\n{out.trace or ''}")
             self.prog.console.print(f"[red]✗[/] {escape(job.label)}: {escape(out.cause or '')}")
+
+
+def mib(n: int) -> str:
+    """Bytes as MiB, or GiB from 10 GiB up."""
+    return f"{n / 2**30:.1f} GiB" if n >= 10 * 2**30 else f"{n / 2**20:,.0f} MiB"

@@ -8,6 +8,7 @@ loss, out of memory) is retried, by the executor, because then no Outcome comes 
 """
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ class Outcome:
     user_error: bool = False  # failed on the user's input (a CotError), not on a bug or a crash
     trace: str | None = None  # traceback of a failure, written to runs/<exp>/failures/
     attempts: int = 1  # 2+ when a crashed worker's job was retried
+    peak_rss: int | None = None  # bytes, of the process that ran the job (see the module's docstring)
 
 
 def cause_of(exc: BaseException) -> str:
@@ -63,18 +65,68 @@ def run_job(job, store: Store | str | Path, progress: Progress | None = None,
         if store.done(job.stage, job.key):  # another process finished it while we waited
             return Outcome("cached")
         store.clean_stale(job.stage, job.key)
+        mem = PeakRss()
         t0 = time.perf_counter()
         try:
             with store.writing(job.stage, job.key) as out:
                 info = RUNNERS[job.stage](job, store, out, progress or (lambda i, n: None)) or {}
+                rss = mem.read()
                 atomic_write_json(out / "job.json", {"label": job.label, "info": info,
-                                                     "seconds": time.perf_counter() - t0})
+                                                     "seconds": time.perf_counter() - t0, **rss})
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 - one job's failure must not stop the others
             return Outcome("failed", time.perf_counter() - t0, cause=cause_of(exc),
-                           user_error=isinstance(exc, CotError), trace=traceback.format_exc())
-        return Outcome("ran", time.perf_counter() - t0, info)
+                           user_error=isinstance(exc, CotError), trace=traceback.format_exc(),
+                           peak_rss=mem.read()["peak_rss_bytes"])
+        return Outcome("ran", time.perf_counter() - t0, info, peak_rss=rss["peak_rss_bytes"])
+
+
+def _status_kib(field: str) -> int | None:
+    """A `Vm...:` line of /proc/self/status in bytes (None off Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _maxrss(children: bool = False) -> int:
+    """getrusage's peak RSS in bytes (kilobytes on Linux, bytes on macOS; 0 without getrusage)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+class PeakRss:
+    """The peak RSS of this process from now on: resets the kernel's high-water mark (VmHWM) to
+    the current RSS by writing "5" to /proc/self/clear_refs, where it may."""
+
+    def __init__(self) -> None:
+        self.start = _status_kib("VmRSS")
+        self.children = _maxrss(children=True)
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.scope = "job"
+        except OSError:
+            self.scope = "process"
+
+    def read(self) -> dict:
+        """{"peak_rss_bytes", "peak_rss_scope", "rss_start_bytes"[, "peak_rss_children_bytes"]}."""
+        peak = _status_kib("VmHWM") if self.scope == "job" else None
+        out = {"peak_rss_bytes": peak or _maxrss(), "peak_rss_scope": self.scope,
+               "rss_start_bytes": self.start}
+        children = _maxrss(children=True)
+        if children > self.children:
+            out["peak_rss_children_bytes"] = children
+        return out
 
 
 def _quiet_transformers() -> None:
