@@ -164,6 +164,18 @@ def fmt(files: List[Path] = typer.Argument(..., help="spec files (.cot)"),
 
 
 @app.command()
+def lsp():
+    """Run the language server for .cot files over stdin/stdout (for editors: diagnostics, hover,
+    completion, go to definition; docs/language.md, "Editor support")."""
+    with guard():
+        try:
+            from cotdsl.lsp.server import serve
+        except ImportError as e:
+            raise CotError(f"`cotdsl lsp` needs {e.name or 'pygls'}: pip install 'cotdsl[lsp]'")
+    serve()
+
+
+@app.command()
 def run(file: Path = typer.Argument(..., help="a spec file (.cot)"),
         limit: Optional[int] = typer.Option(None, "--limit", help="use only the first N train examples (and test, unless --limit-test)"),
         limit_test: Optional[int] = typer.Option(None, "--limit-test", help="use only the first N test examples"),
