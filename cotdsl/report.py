@@ -68,6 +68,9 @@ def collect(plan: Plan, store: Store, outcomes: dict, run_dir: Path) -> None:
         (run_dir / "figures").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / "ig_example.png", run_dir / "figures" / "ig_example.png")
         shutil.copyfile(src / "ig.json", run_dir / "ig.json")
+        from .figures import save_highlights  # what ig_highlights.png and the IG/highlights overlap compare
+
+        save_highlights(store.path(*ig[0].teacher_job.split("/", 1)) / "train.jsonl", run_dir)
     baseline = next((c.name for c in exp.conditions if c.is_baseline()), None)
     atomic_write_parquet(run_dir / "summary.parquet", summarize(results, baseline, failed, exp))
     save_teacher(plan, store, run_dir)
@@ -328,18 +331,24 @@ def print_ig(run_dir: Path, console: Console) -> None:
     path = run_dir / "ig.json"
     if not path.exists():
         return
-    from interp.attribution import IGResult, summarize
-    from interp.view import print_attribution
+    from statistics import mean, median
+    from types import SimpleNamespace
+
+    from interp.view import print_attribution  # reads the fields only: no torch (interp.attribution imports it)
+
+    from .figures import agreement_line, ig_agreement
 
     rows = json.loads(path.read_text())
-    results = [IGResult.from_dict({k: v for k, v in r.items() if k != "ex_id"}) for r in rows]
-    print_attribution(results[0], console=console, title=f"IG key tokens: {rows[0]['ex_id']}")
-    s = summarize(results)
-    if s["n"]:
-        console.print(f"IG completeness over {s['n']} rationales: |delta| / |f(x) - f(baseline)| median "
-                      f"{s['median_rel_delta']:.2f}, mean {s['mean_rel_delta']:.2f}, max {s['max_rel_delta']:.2f} "
-                      f"({results[0].baseline} baseline, {results[0].steps} steps); large values mean the "
+    print_attribution(SimpleNamespace(**rows[0]), console=console, title=f"IG key tokens: {rows[0]['ex_id']}")
+    rel = [r["rel_delta"] for r in rows if r.get("rel_delta") is not None]  # interp.attribution.summarize's
+    if rel:
+        console.print(f"IG completeness over {len(rel)} rationales: |delta| / |f(x) - f(baseline)| median "
+                      f"{median(rel):.2f}, mean {mean(rel):.2f}, max {max(rel):.2f} "
+                      f"({rows[0]['baseline']} baseline, {rows[0]['steps']} steps); large values mean the "
                       "attributions do not add up to the change in log-prob (see docs/attribution.md).")
+    agree = ig_agreement(run_dir)
+    if agree is not None:
+        console.print(agreement_line(agree))
 
 
 # ---- teacher rationales -----------------------------------------------------------------------

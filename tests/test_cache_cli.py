@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from rich.console import Console
 from typer.testing import CliRunner
 
 from cotdsl import load
@@ -15,46 +14,19 @@ from cotdsl.cache import Store
 from cotdsl.cache_cli import scan
 from cotdsl.cli import app
 from cotdsl.plan import make_plan
-from cotdsl.run import EXIT_OK, run
-
-SPEC = """experiment tiny {
-  seeds 0
-  data    toy  = builtin("facts", train: 16, test: 8)
-  teacher gold = gold
-  student t    = tiny(arch: "llama", layers: 1, d_model: 16, heads: 2)
-  target none  = label
-  target after = label -> rationale
-  train { epochs: 1, lr: 3e-3, batch: 8 }
-  eval  { by: auto }
-}
-"""
 
 
 def cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def ran(tmp_path_factory):
-    """A finished tiny run: its spec and job store (copied per test, never modified here)."""
-    d = tmp_path_factory.mktemp("ran")
-    spec = d / "tiny.cot"
-    spec.write_text(SPEC)
-    cwd = os.getcwd()
-    os.chdir(d)
-    try:
-        assert run(spec, console=Console(file=open(os.devnull, "w"))) == EXIT_OK
-    finally:
-        os.chdir(cwd)
-    return spec, d / ".cotdsl-cache", d / "runs" / "tiny"
-
-
 @pytest.fixture
-def store(ran, tmp_path):
-    spec, root, run_dir = ran
+def store(tiny_ig_run, tmp_path):
+    """(spec, a copy of its job store, its run folder): tests/conftest.py's tiny run with IG."""
+    run_dir, root = tiny_ig_run
     dst = tmp_path / "store"
     shutil.copytree(root, dst)
-    return spec, dst, run_dir
+    return run_dir.parent.parent / "tinyig.cot", dst, run_dir
 
 
 def tree(root: Path) -> dict[str, int]:
@@ -146,15 +118,15 @@ def test_gc_dry_run_removes_nothing_then_gc_removes_only_the_orphans(store):
 def test_gc_keeps_what_a_spec_uses_and_removes_a_dropped_condition(store, tmp_path):
     spec, root, _ = store
     smaller = tmp_path / "smaller.cot"
-    smaller.write_text(SPEC.replace("experiment tiny", "experiment smaller")
-                       .replace("  target after = label -> rationale\n", ""))
+    text = spec.read_text()
+    smaller.write_text(text.replace("  target keys  = label -> keytokens(rationale, 2, by: ig)\n", ""))
     keep, everything = planned(smaller), planned(spec)
     assert keep < everything
     r = cli("cache", "gc", smaller, "--cache", root)
     assert r.exit_code == 0, r.output
     assert {e.id for e in scan(root).entries} == keep
     gone = everything - keep
-    assert {i.split("/")[0] for i in gone} == {"render", "train", "eval"}  # `after`'s own jobs
+    assert {i.split("/")[0] for i in gone} == {"rank", "render", "train", "eval", "probe"}  # `keys`'s own jobs
     assert all(f"removed {i}" in r.output for i in gone)
 
 

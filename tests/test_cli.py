@@ -87,3 +87,26 @@ def test_fmt_syntax_error(tmp_path):
 def test_help_everywhere(cmd):
     r = run(*cmd, "--help")
     assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_help_check_and_report_import_neither_torch_nor_transformers(tiny_ig_run, tmp_path):
+    """Startup: `--help`, `check` and `report` (of a run with IG, lens and figures) in a fresh
+    interpreter load no torch or transformers (measured times: docs/design.md, "Startup")."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "tinyig"
+    shutil.copytree(tiny_ig_run[0], run_dir)
+    code = ("import json, sys\nfrom cotdsl.cli import app\nsys.argv = ['cotdsl', *sys.argv[1:]]\nrc = 0\n"
+            "try:\n    app()\nexcept SystemExit as e:\n    rc = e.code\n"
+            "print(json.dumps([rc, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers'))]))")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    for args in (["--help"], ["check", str(ROOT / "specs/quickstart.cot")], ["report", str(run_dir)]):
+        r = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=300)
+        rc, heavy = json.loads(r.stdout.strip().splitlines()[-1])
+        assert rc in (0, None) and heavy == [], (args, heavy, r.stderr[-2000:])
+    assert "IG vs highlights" in r.stdout and "IG completeness" in r.stdout  # report read ig.json
