@@ -26,6 +26,9 @@ demo: $(STAMP)
 # it up first (apt-get installing slurmctld, slurmd, slurm-client; needs root) and down afterwards, keeping pytest's
 # exit status. Where it cannot (exit 3: not root, no apt-get) those tests skip with the reason; a
 # cluster that was already up is used and left up; COTDSL_SLURM=0 skips all this.
+# scripts/chromium-ensure finds or installs (root + apt-get) the headless Chromium that
+# tests/test_html_report.py renders report.html in; where it cannot (exit 3) those tests skip with
+# the reason, otherwise they are required (COTDSL_REQUIRE_CHROMIUM=1).
 test: $(STAMP)
 	@was_up=0; up_rc=3; \
 	if [ "$${COTDSL_SLURM:-1}" = 0 ]; then echo "COTDSL_SLURM=0: no Slurm cluster" >&2; \
@@ -34,6 +37,9 @@ test: $(STAMP)
 	if [ $$up_rc != 3 ]; then \
 		SLURM_CONF=$$(scripts/slurm-cluster env | sed 's/^export SLURM_CONF=//'); \
 		COTDSL_REQUIRE_SLURM=1; export SLURM_CONF COTDSL_REQUIRE_SLURM; fi; \
+	ch_rc=0; ch=$$(scripts/chromium-ensure) || ch_rc=$$?; \
+	if [ $$ch_rc = 0 ]; then COTDSL_CHROMIUM=$$ch; export COTDSL_CHROMIUM; fi; \
+	if [ $$ch_rc != 3 ]; then COTDSL_REQUIRE_CHROMIUM=1; export COTDSL_REQUIRE_CHROMIUM; fi; \
 	$(VENV)/bin/pytest -q; rc=$$?; \
 	if [ $$was_up = 0 ] && [ $$up_rc != 3 ]; then scripts/slurm-cluster down || true; fi; \
 	if [ $$rc = 0 ] && [ $$up_rc != 0 ] && [ $$up_rc != 3 ]; then rc=$$up_rc; fi; \

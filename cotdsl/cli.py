@@ -228,13 +228,41 @@ def status(run_dir: Path = typer.Argument(..., help="a run folder, e.g. runs/qui
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a run folder, e.g. runs/quickstart"),
            png: bool = typer.Option(True, "--png/--no-png", help="write PNG figures into RUN_DIR/figures"),
-           strict: bool = typer.Option(False, "--strict", help="exit 3 when an `expect` statement is contradicted")):
+           strict: bool = typer.Option(False, "--strict", help="exit 3 when an `expect` statement is contradicted"),
+           fmt: str = typer.Option("terminal", "--format", help="terminal | latex | markdown | csv: the results table alone for a paper"),
+           output: Optional[Path] = typer.Option(None, "--output", "-o", help="with --format: write the table to FILE, not stdout")):
     """Print a finished run's results table, layerwise reports and expectations again, and write
-    its figures."""
+    its figures and report.html. With --format latex|markdown|csv: only the results table (mean ±
+    std over seeds, Δ vs the baseline with its paired 95% CI, best bold), to stdout or --output."""
     from cotdsl.run import report as _report
 
     with guard():
-        raise typer.Exit(_report(run_dir, console=out, png=png, strict=strict))
+        from cotdsl.tables import check_format, export
+        if check_format(fmt) == "terminal":
+            if output is not None:
+                raise CotError("--output needs --format latex, markdown or csv")
+            raise typer.Exit(_report(run_dir, console=out, png=png, strict=strict))
+        text = export(run_dir, fmt)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            try:
+                output.write_text(text, encoding="utf-8")
+            except OSError as e:
+                raise CotError(f"--output: cannot write {output}: {e.strerror or e}")
+            err.print(f"wrote {output}", markup=False)
+
+
+@app.command()
+def compare(run_a: Path = typer.Argument(..., help="a run folder (A)"),
+            run_b: Path = typer.Argument(..., help="another run folder (B)")):
+    """Two finished runs' test accuracy per matching condition and seed, and Δ = B − A: paired
+    by example id with a bootstrap 95% CI where both evaluated the same examples, unpaired (said
+    so) where they share none."""
+    from cotdsl.compare import print_compare
+
+    with guard():
+        raise typer.Exit(print_compare(run_a, run_b, console=out))
 
 
 @app.command()

@@ -113,6 +113,7 @@ def run(path: Path, *, out: Path = Path("runs"), cache: Path | None = None, limi
     from .expect import print_expectations, write as write_expectations
     from .mech_report import print_mech
     from .report import collect, print_ig, print_lens, print_summary, save_run_header
+    from . import html_report
 
     console = console or Console()
     exp = load(path)
@@ -145,6 +146,7 @@ def run(path: Path, *, out: Path = Path("runs"), cache: Path | None = None, limi
     for p in written:
         console.print(f"[dim]figure: {p}[/]")
     print_expectations(run_dir, console)
+    console.print(f"[dim]report: {html_report.write(run_dir)}[/]")  # one page to share: results, figures, spec
     failed = [o for o in outcomes.values() if o.status == "failed"]
     skipped = [o for o in outcomes.values() if o.status == "skipped"]
     if failed:
@@ -254,6 +256,7 @@ def report(run_dir: Path, *, console: Console | None = None, png: bool = True, s
     from .figures import figures
     from .mech_report import print_mech
     from .report import print_ig, print_lens, print_summary
+    from . import html_report
 
     console = console or Console()
     if not (run_dir / "summary.parquet").exists():
@@ -265,6 +268,7 @@ def report(run_dir: Path, *, console: Console | None = None, png: bool = True, s
     for p in written:
         console.print(f"[dim]figure: {p}[/]")
     print_expectations(run_dir, console)
+    console.print(f"[dim]report: {html_report.write(run_dir)}[/]")  # one page to share: results, figures, spec
     return _strict_exit(run_dir, strict, console)
 
 
