@@ -282,6 +282,8 @@ def load_page(exe: str, page: Path, profile: Path, width: int = 1200) -> dict:
                 .map(([q, e]) => { const r = e.getBoundingClientRect();
                                    return [q, [r.left, r.top + window.scrollY, r.width, r.height]]; })),
             best: [...document.querySelectorAll('table.results strong')].map(e => e.textContent),
+            cells: [...document.querySelectorAll('table.heat:not(.scale) td.cell')].map(e => {
+                const r = e.getBoundingClientRect(); return [r.left, r.top + window.scrollY]; }),
         })"""}, session=s)["result"]["value"])
         height = min(facts["height"], 8000)
         b.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1,
@@ -339,9 +341,13 @@ def test_chromium_renders_the_page_without_errors(run_dir, browser, tmp_path):
         px = np.asarray(_region(img, facts["rects"][q], img.height).convert("L"), dtype=float)
         assert px.size > 0 and px.std() > 25, (q, px.std())
         assert (px < 100).mean() > 0.005 and (px > 200).mean() > 0.5, q
-    heat = np.asarray(_region(img, facts["rects"]["table.heat"], img.height), dtype=int)
-    colours = {tuple(c) for c in heat.reshape(-1, 3)[::7]}
-    assert {(0x3B, 0x52, 0x8B), (0x47, 0x13, 0x65)} & colours or len(colours) > 50  # the shades are drawn
+    from interp.report import SCALE
+
+    shades = {tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in SCALE}
+    assert len(facts["cells"]) == 2 * 3  # conditions x layers
+    for x, y in facts["cells"]:  # each cell's corner (away from its digits) is painted in a shade of the scale
+        corner = {tuple(px) for px in np.asarray(img.crop((int(x) + 2, int(y) + 2, int(x) + 6, int(y) + 5))).reshape(-1, 3)}
+        assert len(corner) == 1 and corner <= shades, (x, y, corner)
 
 
 def test_the_browser_check_sees_errors_and_outside_requests(browser, tmp_path):
