@@ -195,13 +195,15 @@ def run(file: Path = typer.Argument(..., help="a spec file (.cot)"),
         sbatch: Optional[List[str]] = typer.Option(None, "--sbatch", help="slurm: extra sbatch flag (repeatable)"),
         executor_config: Optional[Path] = typer.Option(None, "--executor-config", help="TOML file with these settings"),
         detach: bool = typer.Option(False, "--detach", help="slurm: submit everything with dependencies and exit"),
-        strict: bool = typer.Option(False, "--strict", help="exit 3 when an `expect` statement is contradicted")):
+        strict: bool = typer.Option(False, "--strict", help="exit 3 when an `expect` statement is contradicted"),
+        log: Optional[List[str]] = typer.Option(None, "--log", help="wandb | tensorboard | mlflow: log the finished run there too (repeatable; docs/tracking.md)")):
     """Run every job of a spec (cached and resumable); print results, layerwise reports and the
     verdicts of its `expect` statements. Exit 0 when all jobs finished (a contradicted expectation
     is a finding), 1 on bad input, 2 when some jobs failed, 3 with --strict when an expectation
     is contradicted, 130 when interrupted."""
     from cotdsl.executors import load_cfg
     from cotdsl.run import run as _run
+    from cotdsl.tracking import backends
 
     with guard():
         cfg = load_cfg(executor_config, kind=executor, workers=workers, retries=retries, address=address,
@@ -209,7 +211,8 @@ def run(file: Path = typer.Argument(..., help="a spec file (.cot)"),
                        constraint=constraint, sbatch=sbatch or None)
         try:
             code = _run(file, out=out_dir, cache=cache, limit=limit, limit_test=limit_test, only=only,
-                        dry_run=dry_run, console=out, executor=cfg, detach=detach, strict=strict)
+                        dry_run=dry_run, console=out, executor=cfg, detach=detach, strict=strict,
+                        log=backends(log))
         except ValueError as e:  # --only syntax
             raise CotError(str(e))
     raise typer.Exit(code)
@@ -230,18 +233,23 @@ def report(run_dir: Path = typer.Argument(..., help="a run folder, e.g. runs/qui
            png: bool = typer.Option(True, "--png/--no-png", help="write PNG figures into RUN_DIR/figures"),
            strict: bool = typer.Option(False, "--strict", help="exit 3 when an `expect` statement is contradicted"),
            fmt: str = typer.Option("terminal", "--format", help="terminal | latex | markdown | csv: the results table alone for a paper"),
-           output: Optional[Path] = typer.Option(None, "--output", "-o", help="with --format: write the table to FILE, not stdout")):
+           output: Optional[Path] = typer.Option(None, "--output", "-o", help="with --format: write the table to FILE, not stdout"),
+           log: Optional[List[str]] = typer.Option(None, "--log", help="wandb | tensorboard | mlflow: log this run folder there (repeatable; docs/tracking.md)")):
     """Print a finished run's results table, layerwise reports and expectations again, and write
     its figures and report.html. With --format latex|markdown|csv: only the results table (mean ±
     std over seeds, Δ vs the baseline with its paired 95% CI, best bold), to stdout or --output."""
     from cotdsl.run import report as _report
+    from cotdsl.tracking import backends
 
     with guard():
+        trackers = backends(log)
         from cotdsl.tables import check_format, export
         if check_format(fmt) == "terminal":
             if output is not None:
                 raise CotError("--output needs --format latex, markdown or csv")
-            raise typer.Exit(_report(run_dir, console=out, png=png, strict=strict))
+            raise typer.Exit(_report(run_dir, console=out, png=png, strict=strict, log=trackers))
+        if trackers:
+            raise CotError("--log goes with the terminal report (without --format)")
         text = export(run_dir, fmt)
         if output is None:
             sys.stdout.write(text)

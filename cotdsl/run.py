@@ -100,12 +100,17 @@ def plan_table(plan) -> Table:
 
 def run(path: Path, *, out: Path = Path("runs"), cache: Path | None = None, limit: int | None = None,
         limit_test: int | None = None, only: list[str] | None = None, dry_run: bool = False,
-        console: Console | None = None, executor=None, detach: bool = False, strict: bool = False) -> int:
+        console: Console | None = None, executor=None, detach: bool = False, strict: bool = False,
+        log: tuple[str, ...] = ()) -> int:
     """`executor`: an `executors.ExecutorCfg` (default: local, one process). `detach` (Slurm
     only): submit every job with `afterok` dependencies and return; `cotdsl status` follows them
     and a later `cotdsl run` collects the results. A contradicted `expect` is a finding (exit 0)
-    unless `strict` (EXIT_CONTRADICTED); failed jobs decide the exit code first."""
+    unless `strict` (EXIT_CONTRADICTED); failed jobs decide the exit code first. `log`: trackers
+    (cotdsl.tracking) the finished run folder is sent to; their libraries are checked first."""
     quiet_libraries()
+    from .tracking import log_run, require
+
+    require(log)
     from . import load
     from .executors import ExecutorCfg, execute
     from .plan import make_plan
@@ -147,6 +152,7 @@ def run(path: Path, *, out: Path = Path("runs"), cache: Path | None = None, limi
         console.print(f"[dim]figure: {p}[/]")
     print_expectations(run_dir, console)
     console.print(f"[dim]report: {html_report.write(run_dir)}[/]")  # one page to share: results, figures, spec
+    log_run(run_dir, log, console)  # after everything is cached and written: a tracker's error loses nothing
     failed = [o for o in outcomes.values() if o.status == "failed"]
     skipped = [o for o in outcomes.values() if o.status == "skipped"]
     if failed:
@@ -251,7 +257,8 @@ def _peak_rss(store: Store, job_id: str) -> int | None:
         return None
 
 
-def report(run_dir: Path, *, console: Console | None = None, png: bool = True, strict: bool = False) -> int:
+def report(run_dir: Path, *, console: Console | None = None, png: bool = True, strict: bool = False,
+           log: tuple[str, ...] = ()) -> int:
     from .expect import print_expectations
     from .figures import figures
     from .mech_report import print_mech
@@ -269,6 +276,10 @@ def report(run_dir: Path, *, console: Console | None = None, png: bool = True, s
         console.print(f"[dim]figure: {p}[/]")
     print_expectations(run_dir, console)
     console.print(f"[dim]report: {html_report.write(run_dir)}[/]")  # one page to share: results, figures, spec
+    if log:
+        from .tracking import log_run
+
+        log_run(run_dir, log, console)
     return _strict_exit(run_dir, strict, console)
 
 
