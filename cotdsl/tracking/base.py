@@ -48,8 +48,8 @@ class Tracker(ABC):
     @abstractmethod
     def summary(self) -> None: ...
 
-    def close(self) -> None:
-        """Release what the backend holds (nothing by default)."""
+    def close(self) -> None:  # noqa: B027 - a backend holding nothing has nothing to release
+        pass
 
     @abstractmethod
     def where(self) -> str: ...
@@ -63,11 +63,10 @@ def plain(obj):
 
 
 def learning_rates(train: dict, steps: int) -> list[float] | None:
-    """The learning rate of each of a job's `steps` optimizer steps, recomputed from the spec's
-    train section: cotdsl/jobs/train.py steps transformers' get_linear_schedule_with_warmup
-    (warmup over round(warmup * total) steps, then linear decay to 0) after each optimizer step,
-    and a finished job ran exactly `total` steps, so step k used lr * factor(k - 1), the same
-    arithmetic as torch's LambdaLR. None when the spec has no lr (not a cotdsl run folder)."""
+    """The lr of each of a finished job's `steps` optimizer steps (training records none): train.py
+    steps transformers' get_linear_schedule_with_warmup(opt, round(warmup * total), total) after
+    each step and ran total = `steps` steps, so step k used lr * factor(k - 1), LambdaLR's
+    arithmetic (docs/tracking.md). None without an lr in the spec's train section."""
     if "lr" not in train:
         return None
     lr, warm = float(train["lr"]), int(round(float(train.get("warmup") or 0.0) * steps))
@@ -88,8 +87,7 @@ def read_run(run_dir: Path) -> RunLog:
                            hint="give runs/<experiment> after `cotdsl run` has finished")
 
     def read(name: str) -> pl.DataFrame:
-        p = run_dir / name
-        return pl.read_parquet(p) if p.exists() and p.stat().st_size else pl.DataFrame()
+        return pl.read_parquet(run_dir / name) if (run_dir / name).exists() else pl.DataFrame()
 
     spec = plain(json.loads((run_dir / "resolved.json").read_text())) if (run_dir / "resolved.json").exists() else {}
     curves, results, summary = read("train_curves.parquet"), read("results.parquet"), read("summary.parquet")

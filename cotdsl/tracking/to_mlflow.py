@@ -47,12 +47,21 @@ class MlflowTracker(Tracker):
             self.exp_id = exp.experiment_id
             if exp.lifecycle_stage == "deleted":
                 c.restore_experiment(self.exp_id)
+        self.earlier: dict[str, list[str]] = {}  # cotdsl.job -> run ids an earlier logging left active
+        token = None
+        while True:
+            page = c.search_runs([self.exp_id], max_results=1000, page_token=token)
+            for r in page:
+                if "cotdsl.job" in r.data.tags:
+                    self.earlier.setdefault(r.data.tags["cotdsl.job"], []).append(r.info.run_id)
+            token = page.token
+            if not token:
+                break
 
     def _start(self, name: str, tags: dict[str, str]) -> str:
-        c = self.client
-        for old in c.search_runs([self.exp_id], filter_string=f"tags.`cotdsl.job` = '{name}'", max_results=1000):
-            c.delete_run(old.info.run_id)  # an earlier logging of this run folder
-        return c.create_run(self.exp_id, run_name=name, tags={"cotdsl.job": name, **tags}).info.run_id
+        for rid in self.earlier.pop(name, []):
+            self.client.delete_run(rid)
+        return self.client.create_run(self.exp_id, run_name=name, tags={"cotdsl.job": name, **tags}).info.run_id
 
     def _log(self, run_id: str, metrics: list, params: list) -> None:
         for i in range(0, len(params), PARAMS):

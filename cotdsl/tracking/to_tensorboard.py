@@ -52,7 +52,9 @@ class TensorBoardTracker(Tracker):
         self._event(writer, 0, [summary_pb2.Summary.Value(tag=tag, metadata=meta, tensor=tensor)])
 
     def job(self, job: JobLog) -> None:
-        w = self.Writer(str(self.root / job.name))
+        t = job.tags  # a folder per name part ("/" in a sweep's string value would nest one more)
+        w = self.Writer(str(self.root.joinpath(*(t[k].replace("/", "_") for k in ("condition", "student", "data")),
+                                               f"seed{t['seed']}")))
         try:
             self._text(w, "config", "```json\n" + json.dumps(job.config, indent=1, default=str) + "\n```")
             for i, step in enumerate(job.steps):
