@@ -158,8 +158,8 @@ def test_mlflow_local_store_holds_the_run(tiny, tmp_path, monkeypatch):
         assert {k: r.data.metrics[k] for k in final} == final
         assert r.data.params["train.lr"] == "0.003" and r.data.params["seed"] == str(seed)
         assert r.data.tags["condition"] == cond and r.data.tags["cotdsl.job"] == r.info.run_name
-        resolved = json.loads(Path(client.download_artifacts(r.info.run_id, "resolved.json", str(tmp_path))).read_text())
-        assert resolved == plain(json.loads((run_dir / "resolved.json").read_text()))
+        resolved = Path(client.download_artifacts(r.info.run_id, "resolved.json", str(tmp_path)))
+        assert json.loads(resolved.read_text()) == plain(json.loads((run_dir / "resolved.json").read_text()))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # load_table searches runs through mlflow's global URI
     table = client.load_table(exp.experiment_id, "summary.parquet", run_ids=[runs["summary"].info.run_id])
     summ = pl.read_parquet(run_dir / "summary.parquet")
@@ -223,7 +223,8 @@ def test_cli_log_errors_exit_1_and_lose_nothing(tiny, monkeypatch):
     assert "did you mean `tensorboard`?" in r.output and "Traceback" not in r.output
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if wandb were not installed
     before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir() if p.suffix == ".parquet"}
-    r = cli.invoke(app, ["run", str(spec), "--out", str(run_dir.parent), "--cache", str(cache), "--log", "mlflow,wandb"])
+    r = cli.invoke(app, ["run", str(spec), "--out", str(run_dir.parent), "--cache", str(cache),
+                         "--log", "mlflow,wandb"])
     assert r.exit_code == 1 and "Traceback" not in r.output
     assert "error: --log wandb: wandb is not installed; pip install wandb (or pip install 'cotdsl[track]')" in r.output
     # checked before anything ran: the run folder is as it was

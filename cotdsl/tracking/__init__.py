@@ -22,9 +22,10 @@ PIP = {"wandb": "wandb", "tensorboard": "tensorboard", "mlflow": "mlflow-skinny"
        "alembic": "alembic"}
 
 
-def backends(values: list[str] | None) -> tuple[str, ...]:
+def backends(values: list[str] | tuple[str, ...] | str | None) -> tuple[str, ...]:
     """`--log wandb --log tensorboard,mlflow` -> ("wandb", "tensorboard", "mlflow"), each checked."""
-    names = [v.strip().lower() for value in values or [] for v in value.split(",") if v.strip()]
+    values = [values] if isinstance(values, str) else values or []
+    names = [v.strip().lower() for value in values for v in value.split(",") if v.strip()]
     for n in names:
         if n not in BACKENDS:
             raise CotError.one(f"--log: unknown tracker {n!r}", expected=list(BACKENDS), hint=did_you_mean(n, BACKENDS))
@@ -43,11 +44,11 @@ def needed(name: str) -> tuple[str, ...]:
 
 def require(names) -> None:
     """Fail at once (before any job runs) when a backend's library is not installed."""
-    for n in backends(list(names)):
+    for n in backends(names):
         missing = [m for m in needed(n) if importlib.util.find_spec(m) is None]
         if missing:
             pkgs = " ".join(PIP[m] for m in missing)
-            raise CotError.one(f"--log {n}: {', '.join(missing)} is not installed; "
+            raise CotError.one(f"--log {n}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed; "
                                f"pip install {pkgs} (or pip install 'cotdsl[track]')")
 
 
@@ -55,7 +56,7 @@ def log_run(run_dir: Path, names: tuple[str, ...], console) -> None:
     """Send the run folder `run_dir` to each tracker in `names`; print where each went."""
     from .base import read_run
 
-    names = backends(list(names))
+    names = backends(names)
     if not names:
         return
     require(names)
@@ -74,6 +75,7 @@ def log_run(run_dir: Path, names: tuple[str, ...], console) -> None:
             raise
         except Exception as e:  # the tracker's library failed (a server, a locked store): results are safe
             raise CotError.one(f"--log {n}: {type(e).__name__}: {e}",
-                               hint=f"the run folder is complete; log it again with `cotdsl report {run_dir} --log {n}`")
+                               hint=f"the run folder is complete; log it again with "
+                                    f"`cotdsl report {run_dir} --log {n}`")
         console.print(f"{n}: {len(run.jobs)} training run(s) and the summary of {run.experiment} "
                       f"-> {tracker.where()}", style="dim", markup=False, soft_wrap=True)

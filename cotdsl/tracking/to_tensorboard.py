@@ -47,8 +47,8 @@ class TensorBoardTracker(Tracker):
     def _text(self, writer, tag: str, text: str) -> None:
         _, summary_pb2, tensor_pb2, shape_pb2 = self.pb
         meta = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text"))
-        tensor = tensor_pb2.TensorProto(dtype=7, string_val=[text.encode("utf-8")],  # 7: DT_STRING
-                                        tensor_shape=shape_pb2.TensorShapeProto(dim=[shape_pb2.TensorShapeProto.Dim(size=1)]))
+        shape = shape_pb2.TensorShapeProto(dim=[shape_pb2.TensorShapeProto.Dim(size=1)])
+        tensor = tensor_pb2.TensorProto(dtype=7, string_val=[text.encode("utf-8")], tensor_shape=shape)  # 7: DT_STRING
         self._event(writer, 0, [summary_pb2.Summary.Value(tag=tag, metadata=meta, tensor=tensor)])
 
     def job(self, job: JobLog) -> None:
