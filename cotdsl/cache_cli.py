@@ -232,13 +232,12 @@ def gc(cache: Path | None, paths: list[Path], console: Console, *, dry_run: bool
         if e.id in running:
             busy.append(e)
             continue
+        label, what = e.label(), "" if e.done else "  (unfinished)"  # read before the files go
         if not dry_run and not _remove(store, e):
             busy.append(e)
             continue
         n += 1
         freed += e.size
-        what = "" if e.done else "  (unfinished)"
-        label = e.label()
         console.print(f"{verb} {e.id}  {human(e.size)}{what}" + (f"  {label}" if label else ""), markup=False,
                       soft_wrap=True)
     for e in busy:

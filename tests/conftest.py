@@ -1,8 +1,10 @@
-"""Fixtures shared across test modules: one finished tiny run with an IG rank job, made once per
+"""Fixtures shared across test modules: a plugin folder on sys.path (the perturbation registry
+and its modules restored afterwards), and one finished tiny run with an IG rank job, made once per
 session (tests that change a run folder copy it first)."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,23 @@ TINY_IG_SPEC = """experiment tinyig {
   probe { lens: logit; examples: 4 }
 }
 """
+
+
+@pytest.fixture()
+def plugin_dir(tmp_path, monkeypatch):
+    """A fresh sys.path entry; REGISTRY and the modules imported from it are restored afterwards."""
+    from cotdsl import perturb
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    saved, mods = dict(perturb.REGISTRY), set(sys.modules)
+    yield tmp_path
+    perturb.REGISTRY.clear()
+    perturb.REGISTRY.update(saved)
+    for name in set(sys.modules) - mods:  # not torch & co. that a test imported first
+        m = sys.modules[name]
+        where = [getattr(m, "__file__", None) or "", *(getattr(m, "__path__", None) or [])]
+        if any(str(tmp_path) in str(w) for w in where):
+            del sys.modules[name]
 
 
 @pytest.fixture(scope="session")

@@ -103,6 +103,7 @@ def test_gc_dry_run_removes_nothing_then_gc_removes_only_the_orphans(store):
     r = cli("cache", "gc", spec, "--cache", root)
     assert r.exit_code == 0, r.output
     assert "removed train/0123456789abcdef" in r.output and f"removed 2 of {len(ids) + 2}" in r.output
+    assert "train old · t · toy · seed 0" in r.output  # its label, read before it went
     assert not old.exists() and not (root / "train" / "0123456789abcdef.work").exists()
     assert not list((root / "eval").glob(".fedcba9876543210.*.tmp"))
     assert (root / "train" / ".0123456789abcdef.lock").exists()  # locks stay (see cache_cli's docstring)

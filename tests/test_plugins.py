@@ -37,16 +37,7 @@ EVERY_OTHER = Perturbation("{name}_eo", _every_other, ())
 '''
 
 
-@pytest.fixture()
-def plugin_dir(tmp_path, monkeypatch):
-    """A fresh sys.path entry; REGISTRY and sys.modules are restored afterwards."""
-    monkeypatch.syspath_prepend(str(tmp_path))
-    saved, mods = dict(perturb.REGISTRY), set(sys.modules)
-    yield tmp_path
-    perturb.REGISTRY.clear()
-    perturb.REGISTRY.update(saved)
-    for m in set(sys.modules) - mods:
-        del sys.modules[m]
+# plugin_dir: tests/conftest.py
 
 
 def write_plugin(d, body=None):
