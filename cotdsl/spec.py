@@ -198,6 +198,9 @@ class ProbeCfg:
     patch: tuple[tuple[str, str], ...] = ()
     patch_at: str = "label"  # label: the label's reading positions | all: every position
     attention: tuple[str, ...] = ()  # "rationale": the label position's attention to the rationale
+    # how the lens reads the residual stream: hf (HF hidden states, contexts shared through the KV
+    # cache) | tl (TransformerLens hooks at the label's reading sites, interp.tl_lens); same numbers
+    engine: str = "hf"
 
     def lens_view(self) -> "ProbeCfg":
         """The settings the lens reads (the mechanism entries at their defaults): the lens jobs'

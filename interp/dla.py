@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import torch
 
 from interp import bridge as _bridge
-from interp.lens import check_label_inputs, pad_right
+from interp.lens import check_label_inputs, label_rows
 
 
 @dataclass
@@ -187,39 +187,16 @@ def label_sites(ctxs: list[list[int]], chs: list[list[list[int]]], gold: torch.T
                 pad: int = 0) -> LabelSites:
     """Rows, reading sites and logit-difference weights for `check_label_inputs`'s output.
 
-    Rows: one per example whose choices are all one-token (its context), else one per multi-token
-    choice (context + label but its last token). Sites per example: the first row's last context
-    position (every choice's first token), then each multi-token choice's later label tokens."""
-    rows, row_ex, n_ctx = [], [], []
-    s_row, s_pos, s_ex = [], [], []
-    c_site, c_tok, c_w = [], [], []
-    for b, (ctx, ex) in enumerate(zip(ctxs, chs)):
-        weights = _choice_weights(b, ex, gold)
-        multi = [c for c, x in enumerate(ex) if len(x) > 1]
-        first_row = len(rows)
-        for c in multi or [None]:
-            rows.append(ctx + (ex[c][:-1] if c is not None else []))
-            row_ex.append(b)
-            n_ctx.append(len(ctx))
-        s_row.append(first_row)
-        s_pos.append(len(ctx) - 1)
-        s_ex.append(b)
-        for c, x in enumerate(ex):
-            c_site.append(len(s_row) - 1)
-            c_tok.append(x[0])
-            c_w.append(weights[c])
-        for j, c in enumerate(multi):
-            for k in range(1, len(ex[c])):
-                s_row.append(first_row + j)
-                s_pos.append(len(ctx) - 1 + k)
-                s_ex.append(b)
-                c_site.append(len(s_row) - 1)
-                c_tok.append(ex[c][k])
-                c_w.append(weights[c])
-    ids, mask = pad_right(rows, pad)
-    return LabelSites(ids=ids, mask=mask, site_row=_long(s_row), site_pos=_long(s_pos), site_ex=_long(s_ex),
-                      n_ctx=_long(n_ctx), coef_site=_long(c_site), coef_tok=_long(c_tok),
-                      coef_w=torch.tensor(c_w, dtype=torch.float64), row_ex=_long(row_ex))
+    Rows and sites as `interp.lens.label_rows`: one row per example whose choices are all one-token
+    (its context), else one per multi-token choice (context + label but its last token). Sites per
+    example: the first row's last context position (every choice's first token), then each
+    multi-token choice's later label tokens."""
+    r = label_rows(ctxs, chs, pad)
+    weights = [_choice_weights(b, ex, gold) for b, ex in enumerate(chs)]
+    w = [weights[b][c] for b, c in zip(r.tok_ex.tolist(), r.tok_choice.tolist())]
+    return LabelSites(ids=r.ids, mask=r.mask, site_row=r.site_row, site_pos=r.site_pos, site_ex=r.site_ex,
+                      n_ctx=r.n_ctx, coef_site=r.tok_site, coef_tok=r.tok_id,
+                      coef_w=torch.tensor(w, dtype=torch.float64), row_ex=r.row_ex)
 
 
 def shared_sites(chs: list[list[list[int]]], gold: torch.Tensor) -> SiteWeights:

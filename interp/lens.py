@@ -218,6 +218,69 @@ def check_label_inputs(model, contexts, choices, gold):
     return ctxs, chs, gold.cpu()
 
 
+@dataclass
+class LabelRows:
+    """Forward rows that hold each choice's label in full, and the sites where its tokens are read
+    (no KV cache: what a TransformerLens bridge needs, `interp.tl_lens`, `interp.dla` method "tl").
+
+    Rows: one per example whose choices are all one-token (its context), else one per multi-token
+    choice (context + label but its last token). Sites of an example: its first row's last context
+    position (it emits every choice's first token), then each multi-token choice's later label
+    tokens, in (choice, token) order.
+
+    ids, mask   [R, T] right-padded rows (pad id `pad`); n_ctx [R] context length of each row;
+                row_ex [R] its example.
+    site_row, site_pos, site_ex  [S] row, position and example of each reading site.
+    tok_site, tok_id, tok_ex, tok_choice  [N] one entry per label token read: its site, its id,
+                its example and its choice column (N = sum over examples of their label lengths).
+    first_site  [B] each example's first site.
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    n_ctx: torch.Tensor
+    row_ex: torch.Tensor
+    site_row: torch.Tensor
+    site_pos: torch.Tensor
+    site_ex: torch.Tensor
+    tok_site: torch.Tensor
+    tok_id: torch.Tensor
+    tok_ex: torch.Tensor
+    tok_choice: torch.Tensor
+    first_site: torch.Tensor  # [B] each example's first site (where every choice's first token is read)
+
+    def to(self, device) -> "LabelRows":
+        return LabelRows(**{k: getattr(self, k).to(device) for k in self.__dataclass_fields__})
+
+
+def label_rows(ctxs: list[list[int]], chs: list[list[list[int]]], pad: int = 0) -> LabelRows:
+    """`LabelRows` for `check_label_inputs`'s contexts and choices (examples in order)."""
+    rows, row_ex, n_ctx = [], [], []
+    site = ([], [], [])  # row, pos, example
+    tok = ([], [], [], [])  # site, id, example, choice
+    first_site = []
+    for b, (ctx, ex) in enumerate(zip(ctxs, chs)):
+        multi = [c for c, x in enumerate(ex) if len(x) > 1]
+        first_row = len(rows)
+        first_site.append(len(site[0]))
+        for c in multi or [None]:
+            rows.append(ctx + (ex[c][:-1] if c is not None else []))
+            row_ex.append(b)
+            n_ctx.append(len(ctx))
+        reads = [(first_row, len(ctx) - 1, [(x[0], c) for c, x in enumerate(ex)])]
+        reads += [(first_row + j, len(ctx) - 1 + k, [(ex[c][k], c)]) for j, c in enumerate(multi)
+                  for k in range(1, len(ex[c]))]
+        for r, pos, toks in reads:
+            for lst, v in zip(site, (r, pos, b)):
+                lst.append(v)
+            for t, c in toks:
+                for lst, v in zip(tok, (len(site[0]) - 1, t, b, c)):
+                    lst.append(v)
+    ids, mask = pad_right(rows, pad)
+    long = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    return LabelRows(ids, mask, long(n_ctx), long(row_ex), *map(long, site), *map(long, tok), long(first_site))
+
+
 def _cache_kwarg(base) -> str:
     import inspect
 

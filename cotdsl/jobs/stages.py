@@ -62,7 +62,8 @@ STAGE_MODULES = {
     "render": ("cotdsl.render", "cotdsl.perturb", "cotdsl.models", "cotdsl.tiny", "cotdsl.schema"),
     "train": ("cotdsl.jobs.train", "cotdsl.jobs.distributed", "cotdsl.jobs.device", "cotdsl.models", "cotdsl.tiny"),
     "eval": ("cotdsl.jobs.evaluate", "cotdsl.jobs.device", "cotdsl.render", "cotdsl.schema"),
-    "probe": ("interp.lens", "interp.tuned", "interp.commit", "interp.bridge", "cotdsl.render", "cotdsl.schema"),
+    "probe": ("interp.lens", "interp.tl_lens", "interp.tuned", "interp.commit", "interp.bridge", "cotdsl.render",
+              "cotdsl.schema"),
     # probe { attribute: dla; attention: rationale; patch: a -> b } (cotdsl.jobs.mech)
     "dla": ("cotdsl.jobs.mech", "interp.dla", "interp.lens", "interp.bridge", "cotdsl.render", "cotdsl.schema"),
     "attention": ("cotdsl.jobs.mech", "interp.attention", "interp.lens", "interp.bridge", "cotdsl.render",
@@ -511,7 +512,7 @@ def run_probe(job, store: Store, out: Path, progress: Progress = no_progress) ->
         generated = {r["ex_id"]: r["generated"] for r in pred.iter_rows(named=True) if r["generated"] is not None}
     info: dict = {}
     df = lens_frame(model, tok, test, job.condition, job.seed, cfg.lenses, tuned=tuned, progress=progress,
-                    context=cfg.context, score=cfg.score, generated=generated, info=info)
+                    context=cfg.context, score=cfg.score, generated=generated, info=info, engine=cfg.engine)
     df.write_parquet(out / "lens.parquet")
     with open(out / "contexts.jsonl", "w") as f:  # what each example was probed after, or why not
         for row in info.pop("contexts"):
@@ -521,7 +522,7 @@ def run_probe(job, store: Store, out: Path, progress: Progress = no_progress) ->
 
 def lens_frame(model, tok, examples, cond, seed, lenses, *, tuned=None, progress=None, batch: int = 16,
                context: str = "generated", score: str = "label", generated: dict | None = None,
-               max_new_tokens: int = 96, info: dict | None = None):
+               max_new_tokens: int = 96, info: dict | None = None, engine: str = "hf"):
     """Layer-by-layer readout of the label for `examples` under `cond`'s rendering.
 
     Returns a polars frame, one row per (lens, example, layer): p_gold (full-vocab probability
@@ -532,16 +533,21 @@ def lens_frame(model, tok, examples, cond, seed, lenses, *, tuned=None, progress
     see `probe_batch`; a rationale-first target with context "generated" and no `generated`
     texts is generated here (greedy, `max_new_tokens`, as evaluation does). `tuned()` builds the
     tuned lens when "tuned" is asked for. `info`, if given, receives the counts (context, score,
-    unparsed, no_rationale, names_choice, tied) and one "contexts" row per example.
+    unparsed, no_rationale, names_choice, tied) and one "contexts" row per example. `engine`: "hf"
+    (`interp.lens.label_lens`) or "tl" (`interp.tl_lens.tl_label_lens`, TransformerLens hooks at
+    the reading sites; the same numbers within 1e-5).
     """
+    import functools
+
     import polars as pl
 
     from interp.commit import commit_layers
     from interp.lens import label_lens
 
-    if context not in ("generated", "gold", "none") or score not in ("label", "first_token"):
-        raise ValueError(f"probe context {context!r} / score {score!r}: context is generated, gold or none; "
-                         "score is label or first_token")
+    if context not in ("generated", "gold", "none") or score not in ("label", "first_token") or \
+            engine not in ("hf", "tl"):
+        raise ValueError(f"probe context {context!r} / score {score!r} / engine {engine!r}: context is generated, "
+                         "gold or none; score is label or first_token; engine is hf or tl")
     if context == "generated" and generated is None:
         from ..render import eval_context, generation_prompt_ids
         from .evaluate import generate
@@ -571,12 +577,19 @@ def lens_frame(model, tok, examples, cond, seed, lenses, *, tuned=None, progress
     fns = {"logit": None}
     if "tuned" in lenses:
         fns["tuned"] = tuned()
+    read = functools.partial(label_lens, model)
+    if engine == "tl":
+        from interp.bridge import build_bridge
+        from interp.tl_lens import tl_label_lens
+
+        # one bridge (around a copy of the model) for every chunk and lens
+        read = functools.partial(tl_label_lens, model, tl_bridge=build_bridge(model))
     rows = []
     for name in [n for n in lenses if n in fns]:
         for start in range(0, len(items), batch):
             chunk = items[start:start + batch]
-            res = label_lens(model, [it["context_ids"] for it in chunk], [it["choice_ids"] for it in chunk],
-                             [it["ex"].answer for it in chunk], lens=fns[name], batch=batch)
+            res = read([it["context_ids"] for it in chunk], [it["choice_ids"] for it in chunk],
+                       [it["ex"].answer for it in chunk], lens=fns[name], batch=batch)
             pg, cpg, rk = res.gold_probs(), res.gold_probs(renormalised=True), res.gold_ranks()
             commit = commit_layers(res.choice_probs, res.gold)
             for j, it in enumerate(chunk):

@@ -89,7 +89,7 @@ SECTIONS = {
                                       context={"choices": ("generated", "gold", "none")},
                                       score={"choices": ("label", "first_token")},
                                       attribute={"choices": ("dla",)}, patch_at={"choices": ("label", "all")},
-                                      attention={"choices": ("rationale",)})),
+                                      attention={"choices": ("rationale",)}, engine={"choices": ("hf", "tl")})),
 }
 
 

@@ -132,3 +132,27 @@ def test_pairs_parse_the_same_on_both_paths_and_format_canonically():
             fast_parser().parse(f"experiment e {{ {bad} }}", _ToAst("t.cot"))
         with pytest.raises(CotError):
             format_source(f"experiment e {{ {bad} }}")
+
+
+def test_engine_key_checked_formatted_and_in_the_lens_key():
+    """`engine: hf | tl` (how the lens reads the residual stream): default hf; a wrong value is a
+    file:line:col error with "did you mean"; it is part of the lens jobs' key, not the mechanisms'."""
+    from cotdsl.plan import make_plan
+
+    assert check("probe { lens: logit }").probe.engine == "hf"
+    tl = check("probe { lens: logit; engine: tl; attribute: dla }")
+    assert tl.probe.engine == "tl" and tl.probe.lens_view().engine == "tl"
+    text = errors("probe { lens: logit; engine: tll }")
+    assert "spec.cot:11:32: error: `probe`: `engine` cannot be `tll`" in text
+    assert "    probe { lens: logit; engine: tll }\n" + " " * 33 + "^" in text
+    assert "expected: `hf`, `tl`" in text and "did you mean `tl`?" in text
+    assert "did you mean `engine`?" in errors("probe { engin: tl }")
+    src = HEAD + "  probe { lens: logit; engine: tl }\n}\n"
+    assert "engine: tl" in format_source(src)
+    hf = check("probe { lens: logit; engine: hf; attribute: dla }")
+
+    def keys(exp, stage):
+        return sorted(j.key for j in make_plan(exp).jobs if j.id.startswith(stage + "/"))
+    assert keys(hf, "probe") and not set(keys(hf, "probe")) & set(keys(tl, "probe"))
+    assert keys(hf, "dla") == keys(tl, "dla") and keys(hf, "train") == keys(tl, "train")
+    assert keys(hf, "probe") == keys(check("probe { lens: logit; attribute: dla }"), "probe")
