@@ -45,5 +45,7 @@ test: $(STAMP)
 	if [ $$rc = 0 ] && [ $$up_rc != 0 ] && [ $$up_rc != 3 ]; then rc=$$up_rc; fi; \
 	exit $$rc
 
+# Every bench in bench/run_all.py; figures and the machine in bench/results/<date>-<machine>.md/.json.
+# `make bench BENCH_ARGS=--quick`: small arguments, to check the plumbing (writes ...-quick.md).
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py $(BENCH_ARGS)

@@ -144,7 +144,8 @@ def main() -> None:
             figure("bridge build (once)", t_bridge, "s"),
             figure("components' sum vs the gold logit difference, max abs error", res.error(), "")]
     if "plain_rows" in med:
-        figs += [figure(f"plain forward of the {a.batch * a.choices} rows DLA tl runs (median)", med["plain_rows"], "s"),
+        rows = a.batch * a.choices
+        figs += [figure(f"plain forward of the {rows} rows DLA tl runs (median)", med["plain_rows"], "s"),
                  figure("dla, method tl (median)", med["dla"], "s", ratio=out["dla_over_plain_rows"],
                         vs="plain forward of the same rows")]
     emit("dla_cost", figs, **{k: out[k] for k in ("model", "threads", "batch", "seq", "choices", "label_tokens",

@@ -46,6 +46,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import emit, figure  # noqa: E402 - bench/common.py (bench/ is on sys.path when a bench runs)
+
 
 def harness_loglikelihood(model, requests: list[tuple[list[int], list[int]]], *, batch_size: int,
                           max_length: int, logits_cache: bool) -> list[float]:
@@ -212,6 +214,17 @@ def main() -> None:
               f"{min(ratios):.2f} / {statistics.median(ratios):.2f} | {acc:.2f} | {accn:.2f} | {dis} | {disn} | {diff:.1e} |")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
+    figs = []
+    for m, r in report["methods"].items():
+        figs += [figure(f"{m}: s / {len(items)} questions (median)", statistics.median(r["seconds"]), "s",
+                        ratio=statistics.median(r["ratio_vs_rank"]) if m != "rank" else None,
+                        vs="rank (time, median of per-repeat ratios)"),
+                 figure(f"{m}: acc", r["acc"], ""), figure(f"{m}: acc_norm", r["acc_norm"], "")]
+        if m != "rank":
+            figs.append(figure(f"{m}: questions whose pred or pred_norm differ from rank's",
+                               r["pred_disagree"] + r["pred_norm_disagree"], "", goal=("==", 0)))
+    emit("eval_speed", figs, n=len(items), choices=n_choice, batch=args.batch, repeats=args.repeats,
+         threads=torch.get_num_threads(), methods=args.methods)
 
 
 if __name__ == "__main__":

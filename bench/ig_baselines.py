@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from common import emit, figure  # bench/common.py (bench/ is on sys.path when a bench runs)
 from cotdsl.data.builtin import generate
 from cotdsl.models import load_smollm2
 from cotdsl.schema import format_prompt
@@ -70,6 +71,14 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dump, f)
+    figs = []
+    for b, s, summ, gap, sec, hit in rows:
+        figs += [figure(f"{b}, {s} steps: median relative delta |delta| / |f(x) - f(b)|", summ["median_rel_delta"], "",
+                        goal=("<=", 0.05)),
+                 figure(f"{b}, {s} steps: time per example", sec, "s"),
+                 figure(f"{b}, {s} steps: top-1 IG word is a planted key word", hit, "share")]
+    emit("ig_baselines", figs, n=len(items), steps=args.steps, baselines=args.baselines,
+         internal_batch_size=args.internal_batch_size, threads=torch.get_num_threads())
 
 
 if __name__ == "__main__":

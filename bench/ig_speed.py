@@ -105,6 +105,16 @@ def main() -> None:
               f"{statistics.median(ratios):.2f} | {absd:.1e} | {reld:.1e} | {fd:.1e} | {dd:.1e} | {top} |")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
+    from common import emit, figure  # bench/common.py: the figures for bench/run_all.py
+
+    emit("ig_speed", [figure(f"{m}: s / example (median)", statistics.median(r["s_per_example"]), "s",
+                             ratio=statistics.median(r["speedup"]) if m != ref_name else None,
+                             vs=f"faster than {ref_name} (median of per-repeat ratios)",
+                             goal=(">=", 3) if (m, ref_name) == ("fast", "captum") else None)
+                      for m, r in out["methods"].items()]
+         + [figure(f"{m}: max word-score diff / max |score|, vs {ref_name}", r["max_rel_word_diff"], "")
+            for m, r in out["methods"].items() if m != ref_name],
+         **{k: v for k, v in out.items() if k != "methods"}, repeats=args.repeats)
 
 
 if __name__ == "__main__":

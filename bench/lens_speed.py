@@ -35,6 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import emit, figure  # noqa: E402 - bench/common.py (bench/ is on sys.path when a bench runs)
+
 
 def rss() -> int:
     """Current resident set size in bytes."""
@@ -183,6 +185,20 @@ def main() -> None:
     print(f"TL full / lens peak memory:  {tl['peak_delta'] / lz['peak_delta']:.1f}x  (target >= 10)")
     print(f"TL full logits alone would be {gib(tl['logits_bytes_full'])}; TL peak measured with "
           f"{tl['scaled_from_rows']} rows: {gib(tl['peak_rows'])}, cache phase {gib(tl['peak_cache'])}")
+    k = tl["scaled_from_rows"]
+    emit("lens_speed", [
+        figure("plain forward (median)", p["time"], "s"),
+        figure("body only, no lm_head (median)", res["body"]["time"], "s"),
+        figure("fast logit lens (median)", lz["time"], "s", ratio=lz["time"] / p["time"], vs="plain forward",
+               goal=("<=", 1.1)),
+        figure(f"TransformerLens every-position unembed ({k} rows, time scaled to 31)", tl["time"], "s",
+               ratio=tl["time"] / lz["time"], vs="fast lens", goal=(">=", 8)),
+        figure("plain forward: peak RSS growth", p["peak_delta"] / 2**30, "GiB"),
+        figure("fast logit lens: peak RSS growth", lz["peak_delta"] / 2**30, "GiB"),
+        figure(f"TransformerLens: peak RSS growth ({k} rows measured, scaled to 31)", tl["peak_delta"] / 2**30, "GiB",
+               ratio=tl["peak_delta"] / lz["peak_delta"] if lz["peak_delta"] > 0 else None, vs="fast lens",
+               goal=(">=", 10)),
+    ], batch=a.batch, seq=a.seq, repeats=a.repeats, tl_rows=a.tl_rows, threads=p["threads"])
 
 
 if __name__ == "__main__":

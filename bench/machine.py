@@ -35,7 +35,8 @@ def machine() -> dict:
     probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.__version__, torch.get_num_threads())"],
                            capture_output=True, text=True)
     torch_version, threads = probe.stdout.split() if probe.returncode == 0 else ("not importable", "0")
-    mem = re.search(r"MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text()) if Path("/proc/meminfo").exists() else None
+    meminfo = Path("/proc/meminfo")
+    mem = re.search(r"MemTotal:\s+(\d+) kB", meminfo.read_text()) if meminfo.exists() else None
     return {"cpu": cpu_name(), "flags": [f for f in FLAGS if f in flags], "cores": os.cpu_count(),
             "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
             "mem_gib": round(int(mem.group(1)) / 2**20, 1) if mem else None, "python": platform.python_version(),

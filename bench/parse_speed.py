@@ -139,7 +139,8 @@ def main() -> None:
         figure("parse only, parse_fast (median)", med["parse"], "ms"),
         figure("check only (median)", med["check"], "ms"),
         figure("parse + check, check_source (median)", med["total"], "ms", goal=("<", 200)),
-        figure("parse only, lark inline (median)", med["lark"], "ms", ratio=med["lark"] / med["parse"], vs="parse_fast"),
+        figure("parse only, lark inline (median)", med["lark"], "ms", ratio=med["lark"] / med["parse"],
+               vs="parse_fast"),
         figure("cold process: interpreter start to checked spec (median of 3)", c["total"] * 1e3, "ms"),
     ], runs=runs, clock="process CPU" if args.cpu else "wall", lines=n, conditions=len(exp.conditions))
 

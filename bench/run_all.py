@@ -29,9 +29,9 @@ HERE = Path(__file__).resolve().parent
 BENCHES = {
     "fuzz_check": ([], ["--n", "2000"]),
     "parse_speed": ([], ["--runs", "3"]),
-    "train_speed": ([], ["--steps", "2", "--seqs", "16", "--no-fp32"]),
+    "train_speed": ([], ["--steps", "2", "--seqs", "16", "--no-fp32", "--peak-n", "512"]),
     "train_ddp": ([], ["--steps", "2", "--seqs", "16"]),
-    "lens_speed": ([], ["--batch", "4", "--seq", "16", "--repeats", "1", "--tl-rows", "1"]),
+    "lens_speed": ([], ["--batch", "8", "--seq", "32", "--repeats", "1", "--tl-rows", "1"]),
     "ig_baselines": ([], ["--n", "1", "--steps", "4", "--baselines", "pad"]),
     "ig_speed": ([], ["--n", "1", "--steps", "4", "--repeats", "1"]),
     "eval_speed": ([], ["--n", "8", "--repeats", "1"]),
@@ -73,6 +73,11 @@ def num(x) -> str:
     return f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
 
 
+def cell(x) -> str:
+    """Text for a markdown table cell: lists joined, `|` escaped."""
+    return (", ".join(map(str, x)) if isinstance(x, list) else str(x)).replace("|", "\\|")
+
+
 def gib(b: int) -> str:
     return f"{b / 2**30:.2f} GiB"
 
@@ -80,8 +85,9 @@ def gib(b: int) -> str:
 def markdown(res: dict) -> str:
     m = res["machine"]
     flags = ", ".join(m["flags"]) or "none of " + ", ".join(("avx2", "avx512f", "amx"))
-    missing = [f for f in ("avx512f", "amx_tile") if f not in m["flags"]]
-    lines = [f"# Benchmarks, {res['date']}, {slug(m)}{' (--quick: small arguments, not figures for the docs)' if res['quick'] else ''}",
+    missing = [name for name, flag in (("avx512f", "avx512f"), ("amx", "amx_tile")) if flag not in m["flags"]]
+    quick = " (--quick: small arguments, not figures for the docs)" if res["quick"] else ""
+    lines = [f"# Benchmarks, {res['date']}, {slug(m)}{quick}",
              "",
              f"Machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), {m['mem_gib']} GiB; CPU flags: "
              f"{flags}{' (no ' + ', no '.join(missing) + ')' if missing else ''}; Python {m['python']}, torch "
@@ -96,29 +102,33 @@ def markdown(res: dict) -> str:
         if not b["figures"]:
             lines.append(f"| {b['bench']} | (no figures: exit {b['exit']}) | | | | {gib(b['peak_rss_bytes'])} |")
         for f in b["figures"]:
-            ratio = f"{num(f['ratio'])}× {f['vs']}" if f["ratio"] is not None else ""
+            ratio = f"{num(f['ratio'])}× {cell(f['vs'])}" if f["ratio"] is not None else ""
             ok = met(f)
             op = {"<=": "≤", ">=": "≥", "==": "="}.get(f["goal"][0], f["goal"][0]) if f["goal"] else ""
             goal = (f"{op} {num(f['goal'][1])}: {'met' if ok else 'NOT met' if ok is False else '?'}"
                     if f["goal"] else "")
-            value = f"{num(f['value'])} {f['unit']}".strip()
-            lines.append(f"| {b['bench']} | {f['name']} | {value} | {ratio} | {goal} | {gib(b['peak_rss_bytes'])} |")
-    lines += ["", "| bench | arguments | exit | wall s | peak RSS | settings it reported |", "|---|---|---|---|---|---|"]
+            value = f"{num(f['value'])} {cell(f['unit'])}".strip()
+            lines.append(f"| {b['bench']} | {cell(f['name'])} | {value} | {ratio} | {goal} | {gib(b['peak_rss_bytes'])} |")
+    lines += ["", "| bench | arguments | exit | wall s | peak RSS | settings it reported |",
+              "|---|---|---|---|---|---|"]
     for b in res["benches"]:
-        params = ", ".join(f"{k} {v}" for k, v in b["params"].items())
+        params = "; ".join(f"{k} {cell(v)}" for k, v in b["params"].items())
         lines.append(f"| {b['bench']} | {' '.join(b['args']) or '(defaults)'} | {b['exit']} | {b['seconds']:.0f} | "
                      f"{gib(b['peak_rss_bytes'])} | {params} |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("names", nargs="*", choices=[[]] + list(BENCHES), metavar="name",
                     help=f"benches to run (default: all): {', '.join(BENCHES)}")
     ap.add_argument("--quick", action="store_true", help="small arguments: the plumbing, not the figures")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     a = ap.parse_args()
     names = a.names or list(BENCHES)
+    unlisted = sorted(p.stem for p in HERE.glob("*.py") if p.stem not in {*BENCHES, "common", "machine", "run_all"})
+    if unlisted:  # a bench joins the suite with an entry in BENCHES and an emit() of its figures
+        print(f"not in run_all.BENCHES, not run: {', '.join(unlisted)}")
     m = machine()
     res = {"date": time.strftime("%Y-%m-%d"), "quick": a.quick, "git": git_version(), "machine": m,
            "command": " ".join(["bench/run_all.py", *sys.argv[1:]]), "load_before": os.getloadavg()[0],

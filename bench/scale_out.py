@@ -45,7 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_name  # bench/machine.py (bench/ is on sys.path when a bench runs)
+from common import emit, figure  # bench/common.py (bench/ is on sys.path when a bench runs)
+from machine import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -362,6 +363,30 @@ def dispatch_table(out) -> None:
               f"{comp:.1f} | {verdict} |")
 
 
+def figures(rows, out, identical) -> list[dict]:
+    """The tables' figures for bench/run_all.py: medians over the repeats."""
+    walls = {(g, e): statistics.median([m["wall"] for m in ms]) for g, e, ms in rows}
+    figs = []
+    for (grid, e), wall in walls.items():
+        one = walls.get((grid, "local1")) if e == "local2" else None
+        figs.append(figure(f"{grid} grid ({GRIDS[grid]} epochs), {e}: wall of run() (median)", wall, "s",
+                           ratio=one / wall if one else None, vs="faster than local1 (medians)",
+                           goal=(">=", 1.7) if one and grid == "long" else None))
+    for e, n, ds in out:
+        goal = GOAL_MS.get(e)
+        figs += [figure(f"dispatch, {e}: start-up, engine + 2 warm-up jobs (median)",
+                        statistics.median([m["engine_s"] + m["warm_s"] for m in ds]), "s"),
+                 figure(f"dispatch, {e}: chain of {n} no-op jobs, (wall - compute) / N (median)",
+                        statistics.median([1000 * (m["chain_wall"] - m["chain_compute"]) / n for m in ds]), "ms",
+                        goal=("<=", goal) if goal else None),
+                 figure(f"dispatch, {e}: fan-out of {n} no-op jobs, wall / N (median)",
+                        statistics.median([1000 * m["fan_wall"] / n for m in ds]), "ms")]
+    if identical:
+        figs.append(figure("runs whose results.parquet differs from the first local1 run",
+                           sum(not x for v in identical.values() for x in v), "runs", goal=("==", 0)))
+    return figs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
@@ -392,7 +417,7 @@ def main() -> None:
           f"{time.strftime('%Y-%m-%d %H:%M')}; engines: {', '.join(engines)}", flush=True)
 
     tmp = Path(tempfile.mkdtemp(prefix="cotdsl-scale-"))
-    rows, identical = [], {}
+    rows, identical, out = [], {}, []
     try:
         for grid in ([] if a.skip_grid else a.grids.split(",")):
             spec = tmp / f"{grid}.cot"
@@ -423,7 +448,6 @@ def main() -> None:
             print("\n### (b) per-job dispatch overhead, no-op jobs\n", flush=True)
             spec = tmp / "noop.cot"
             spec.write_text(GRID.format(epochs=GRIDS["short"]))
-            out = []
             for e in [e for e in engines if e not in ENV]:
                 n = a.noop_slurm if e.startswith("slurm") else a.noop
                 ds = []
@@ -445,6 +469,8 @@ def main() -> None:
               f"waited {quiet.waited:.0f} s for a quiet machine (gave up waiting {quiet.gave_up} time(s)); "
               f"{quiet.redone} measurement(s) redone because others used > {quiet.limit:.0%} during them")
         bad = [k for k, v in identical.items() if not all(v)]
+        emit("scale_out", figures(rows, out, identical), repeats=a.repeats, grids=a.grids, engines=engines,
+             noop=a.noop, noop_slurm=a.noop_slurm, waited_for_quiet=not a.no_wait)
         if bad:
             print(f"results.parquet DIFFERS from the first local1 run for: {bad}")
             sys.exit(1)

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-from machine import cpu_name  # bench/machine.py (bench/ is on sys.path when a bench runs)
+from common import emit, figure  # bench/common.py (bench/ is on sys.path when a bench runs)
+from machine import cpu_name
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -51,19 +52,30 @@ def main() -> None:
     rows = []
     threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory() as tmp:
-        # 1 process with all threads; 1 process with one thread (what each DDP worker gets); DDP
-        for n, th in ((1, threads), (1, max(1, threads // a.devices)), (a.devices, threads)):
+        # 1 process with all threads; 1 process with one thread (what each DDP worker gets); DDP.
+        # With one thread in all the first two are the same run (and the second would find the
+        # first's finished checkpoint in its out_dir): it runs once.
+        for n, th in dict.fromkeys(((1, threads), (1, max(1, threads // a.devices)), (a.devices, threads))):
             c = TrainCfg(**{**cfg.__dict__, "devices": n})
             torch.set_num_threads(th)
             t = time.perf_counter()
             res = train(copy.deepcopy(base), tok, seqs, c, seed=0, out_dir=Path(tmp) / f"d{n}t{th}")
-            rows.append((n, time.perf_counter() - t, res))
+            rows.append((n, th, time.perf_counter() - t, res))
             torch.set_num_threads(threads)
-    ref = rows[0][2].losses
+    ref = rows[0][3].losses
     print(f"\n{'devices':>7} {'train() s':>10} {'loop s':>8} {'tok/s':>8}  {'max rel Δloss':>13}  device")
-    for n, wall, res in rows:
+    figs = []
+    for i, (n, th, wall, res) in enumerate(rows):
         d = max(abs(x - y) / abs(y) for x, y in zip(res.losses, ref))
         print(f"{n:7d} {wall:10.1f} {res.time_s:8.1f} {res.tokens_per_s:8.1f}  {d:13.2e}  {res.device}")
+        run = f"devices: {n} (DDP, {th} threads each)" if n > 1 else f"1 process, {th} threads"
+        figs += [figure(f"{run}: train() wall", wall, "s"), figure(f"{run}: loop", res.time_s, "s"),
+                 figure(f"{run}: tokens/s of the loop", res.tokens_per_s, "tok/s",
+                        ratio=res.tokens_per_s / rows[0][3].tokens_per_s if i else None,
+                        vs=f"1 process, {threads} threads")]
+        if i:
+            figs.append(figure(f"{run}: max relative Δloss vs 1 process, {threads} threads", d, ""))
+    emit("train_ddp", figs, devices=a.devices, steps=a.steps, seqs=a.seqs, batch=8, threads=threads)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Training throughput: cotdsl's `train` vs `transformers.Trainer` (default settings) on one job.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/train_speed.py [--steps 16] [--seqs 64] [--no-fp32]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/train_speed.py [--steps 16] [--seqs 64] [--no-fp32] [--peak-n 2048]
 
 The job: SmolLM2-135M (`cotdsl.models.load_smollm2`), `--seqs` sequences of 100–150 tokens with
 the first ~50% unsupervised (a synthetic stand-in cut from the embedded task's rationales; or
@@ -11,7 +11,8 @@ its sampler is replaced by a sequential one over cotdsl's batch order so both se
 batches in the same order and the loss curves can be compared step by step.
 
 Prints a table: tokens/s, ratio to Trainer, MFU = 6·N·tokens/s over the measured matmul peak
-(fp32 and bf16, measured here), then both loss curves.
+(fp32 and bf16, measured here with --peak-n² matrices; a CPU without native bf16 takes minutes for
+the bf16 one at 2048), then both loss curves.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from common import emit, figure  # bench/common.py (bench/ is on sys.path when a bench runs)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -122,6 +125,7 @@ def main() -> None:
     ap.add_argument("--data", choices=["synthetic", "builtin"], default="synthetic")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-fp32", action="store_true", help="skip the cotdsl fp32 run (gathered logits only)")
+    ap.add_argument("--peak-n", type=int, default=2048, help="matrix size of the matmul peak measurement")
     a = ap.parse_args()
     from transformers.utils import logging as hf_logging
 
@@ -135,8 +139,8 @@ def main() -> None:
     print(f"loaded SmolLM2 in {time.perf_counter() - t:.1f} s; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     n_params = sum(p.numel() for p in base.parameters())
-    peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
-    print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s (2048³, best of 6)")
+    peak32, peak16 = matmul_peak(torch.float32, a.peak_n), matmul_peak(torch.bfloat16, a.peak_n)
+    print(f"matmul peak: fp32 {peak32:.0f} GFLOP/s, bf16 {peak16:.0f} GFLOP/s ({a.peak_n}³, best of 6)")
     seqs = make_seqs(tok, a.seqs, a.data, a.seed)
     lens = [len(s.input_ids) for s in seqs]
     print(f"job: {len(seqs)} seqs, {min(lens)}–{max(lens)} tokens (mean {np.mean(lens):.0f}), "
@@ -161,6 +165,13 @@ def main() -> None:
     print(f"(N = {n_params / 1e6:.1f}M parameters; MFU = 6·N·tokens/s / peak; cotdsl skips the lm_head on "
           "prompt tokens, so its useful FLOPs are below 6·N per token)")
 
+    figs = [figure(f"matmul peak {name} ({a.peak_n}³, best of 6)", peak, "GFLOP/s")
+            for name, peak in (("fp32", peak32), ("bf16", peak16))]
+    for i, (name, (tps, _, _)) in enumerate(results.items()):
+        figs.append(figure(f"{name}: tokens/s", tps, "tok/s", ratio=tps / ref[0] if i else None,
+                           vs="transformers.Trainer"))
+        figs += [figure(f"{name}: MFU vs the {pk} peak", 6 * n_params * tps / 1e9 / peak, "")
+                 for pk, peak in (("fp32", peak32), ("bf16", peak16))]
     names = list(results)
     print("\nloss per step: " + " | ".join(names))
     for i in range(a.steps):
@@ -171,6 +182,9 @@ def main() -> None:
         k = min(len(x), len(y))
         r = np.corrcoef(x[:k], y[:k])[0, 1] if k > 2 else float("nan")
         print(f"{n} vs Trainer: max |Δloss| {np.abs(x[:k] - y[:k]).max():.4f}, correlation {r:.3f}")
+        figs.append(figure(f"{n}: max |Δloss| vs Trainer over {k} steps", float(np.abs(x[:k] - y[:k]).max()), "nats"))
+    emit("train_speed", figs, steps=a.steps, seqs=a.seqs, data=a.data, seed=a.seed, batch=8,
+         threads=torch.get_num_threads(), params_m=round(n_params / 1e6, 1), peak_n=a.peak_n)
 
 
 if __name__ == "__main__":
