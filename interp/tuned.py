@@ -110,23 +110,160 @@ def _layer_kls(model, lens, ids, mask, layers, *, backward: bool,
     return torch.stack(kls)
 
 
-def train_tuned_lens(model, token_batches: Iterable, steps: int = 100, lr: float = 1e-3,
-                     seed: int = 0, weight_decay: float = 1e-3, max_tokens: int | None = 128):
+RECIPES = ("fit", "sgd")
+# Defaults per recipe: (steps, lr). "sgd" is the recipe before the closed-form fit (zero init,
+# 100 AdamW steps at 1e-3); "fit" starts from the least-squares fit and needs far fewer steps
+# (docs/interp.md "Tuned lens: training recipes" has the measured comparison).
+RECIPE_DEFAULTS = {"fit": (20, 3e-4), "sgd": (100, 1e-3)}
+FIT_TOKENS, RIDGE = 4096, 1e-4  # the fit's defaults (pool of real tokens, relative ridge)
+
+
+def _states(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One body forward -> (hs, r): hs[i] [B, T, D] the residual stream entering block i
+    (i = 0..L-1, as `bridge.hidden_states`), r [B, T, D] the last block's output *before* the
+    final norm (what a translator's output should point along: the norm then makes it the
+    model's own final state). r is read by a hook on the final norm's input."""
+    seen = []
+    hook = _bridge.final_norm(model).register_forward_hook(lambda _m, args, _o: seen.append(args[0].detach()))
+    try:
+        hs = _bridge.hidden_states(model, ids, mask)
+    finally:
+        hook.remove()
+    if len(seen) != 1:
+        raise ValueError(f"the final norm of {type(model).__name__} ran {len(seen)} times in one forward")
+    return list(hs[:-1]), seen[0]
+
+
+def collect_states(model, token_batches: Iterable, max_tokens: int | None = None,
+                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hidden states of real tokens -> (H [L, N, D], R [N, D]): H[i] enters block i, R is the
+    pre-norm final residual (see `_states`). Batches run in a seeded order until at least
+    `max_tokens` real tokens are collected (None = every batch): the body forward is the cost,
+    so a pool only runs the batches it needs. fp32, on the unembedding's device."""
+    batches = _batches(token_batches)
+    order = list(range(len(batches)))
+    random.Random(seed).shuffle(order)
+    dev = _bridge.unembedding(model).weight.device
+    hs_all, r_all, n = [], [], 0
+    for b in order:
+        ids, mask = batches[b]
+        keep = mask.to(dev).bool()
+        hs, r = _states(model, ids.to(dev), mask.to(dev))
+        hs_all.append(torch.stack([h[keep] for h in hs]).float())  # [L, n_b, D]
+        r_all.append(r[keep].float())
+        n += int(keep.sum())
+        if max_tokens is not None and n >= max_tokens:
+            break
+    return torch.cat(hs_all, 1), torch.cat(r_all, 0)
+
+
+def fit_translators(lens, H: torch.Tensor, R: torch.Tensor, ridge: float = RIDGE) -> None:
+    """Closed-form translators: for each layer i, (A_i, b_i) minimising
+    sum_t w_t ||h_t + A_i h_t + b_i - r_t||^2 + lam_i ||A_i||^2 over the tokens t of the pool,
+    written into `lens.layer_translators[i]` (weight A_i [D, D], bias b_i [D]).
+
+    H [L, N, D] block inputs, R [N, D] pre-norm final residual (`collect_states`).
+    Why r (not the model's normed final state): the translator's output goes through the final
+    norm, so pointing it along r reproduces the model's own output distribution exactly.
+    w_t = 1 / mean(r_t^2): the norm forgets each token's scale, so every token counts by its
+    relative error (a few huge-norm positions would otherwise decide the fit). Weighted least
+    squares still recovers an exact affine relation r = (I + A) h + b for any weights.
+    lam_i = ridge * trace of the weighted, centred Gram matrix / D: scale-free shrinkage towards
+    A_i = 0 (the logit lens). Solved in float64 (D x D systems: cheap next to one unembedding).
+    """
+    L, N, D = H.shape
+    if len(lens) != L or R.shape != (N, D):
+        raise ValueError(f"states [{L}, {N}, {D}] / [{tuple(R.shape)}] do not fit a lens of {len(lens)} layers")
+    r = R.double()
+    w = 1.0 / r.pow(2).mean(-1).clamp_min(1e-12)  # [N]
+    w = w / w.sum()
+    r_mean = (w[:, None] * r).sum(0)
+    for i in range(L):
+        h = H[i].double()
+        h_mean = (w[:, None] * h).sum(0)
+        hc, yc = h - h_mean, (r - r_mean) - (h - h_mean)  # centred input and residual target
+        hw = hc * w[:, None]
+        gram = hw.T @ hc  # [D, D]
+        lam = ridge * float(gram.diagonal().sum()) / D
+        A = torch.linalg.solve(gram + lam * torch.eye(D, dtype=gram.dtype, device=gram.device), hw.T @ yc).T  # [D, D]
+        b = (r_mean - h_mean) - A @ h_mean
+        tr = lens.layer_translators[i]
+        with torch.no_grad():
+            tr.weight.copy_(A.to(tr.weight.dtype))
+            if tr.bias is not None:
+                tr.bias.copy_(b.to(tr.bias.dtype))
+
+
+def _kl_steps(model, lens, H: torch.Tensor, R: torch.Tensor, steps: int, lr: float, weight_decay: float,
+              max_tokens: int | None, gen: torch.Generator, progress=None) -> list[float]:
+    """AdamW on sum over layers of KL(final || lens_i) on cached states: each step draws
+    `max_tokens` tokens of the pool (None = all) -> per-step mean KL."""
+    params = list(lens.layer_translators.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    norm = _bridge.final_norm(model)
+    N, log = R.shape[0], []
+    for _ in range(steps):
+        pick = torch.randperm(N, generator=gen)[:max_tokens] if max_tokens is not None and N > max_tokens \
+            else torch.arange(N)
+        pick = pick.to(R.device)
+        with torch.no_grad():
+            logp = torch.log_softmax(_bridge.unembed(model, norm(R[pick]), normed=True).float(), -1)
+            p = logp.exp()  # [n, V]
+        opt.zero_grad(set_to_none=True)
+        kls = []
+        for i in range(len(lens)):
+            logq = torch.log_softmax(lens(H[i, pick], i).float(), -1)
+            kl = (p * (logp - logq)).sum(-1).mean()
+            kl.backward()  # translators are independent: one [n, V] graph alive at a time
+            kls.append(float(kl.detach()))
+        opt.step()
+        log.append(sum(kls) / len(kls))
+        if progress is not None:
+            progress(len(log), steps)
+    return log
+
+
+def train_tuned_lens(model, token_batches: Iterable, steps: int | None = None, lr: float | None = None,
+                     seed: int = 0, weight_decay: float = 1e-3, max_tokens: int | None = 128,
+                     recipe: str = "fit", fit_tokens: int | None = FIT_TOKENS, ridge: float = RIDGE,
+                     progress=None):
     """Train tuned-lens translators for `model` on `token_batches` -> `TunedLens`.
 
     token_batches: [B, T] id tensors, (ids, mask) pairs or tokenizer-output dicts (the student's
-    training text). Each step draws one batch (order from `seed`) and takes an AdamW step on the
-    sum over layers of KL(final-layer distribution || translated-layer distribution), on at most
-    `max_tokens` randomly drawn real tokens of the batch (None = all). The model is not changed.
-    `lens.train_log` holds the per-step mean KL.
+    training text). The model is not changed. `lens.train_log` holds the per-step mean KL over
+    layers (training tokens; `steps` entries, none for "fit" with steps=0).
+    progress: called as progress(step, steps) after each step (e.g. a bench that cuts its quiet
+    windows between steps).
+
+    recipe "fit" (default): run the body once over enough batches for `fit_tokens` real tokens
+    (None = all), fit every translator in closed form (`fit_translators`, `ridge`), then take
+    `steps` AdamW steps (default 20, lr 3e-4) of the sum over layers of KL(final || translated
+    layer) on `max_tokens` tokens drawn from those cached states per step. Why: the unembedding
+    ([tokens, V] forward and backward per layer) is the cost of every step, and the fit alone
+    already lands near where the SGD loop ends (docs/interp.md has the figures); a small lr
+    keeps the steps from undoing the fit in the late layers, whose KL is smallest.
+    recipe "sgd" (the recipe before): zero translators, `steps` (default 100) AdamW steps (lr 1e-3),
+    each on one batch drawn in a seeded order (body forward every step), `max_tokens` random
+    real tokens of it (None = all).
     """
-    if steps < 1 or lr <= 0:
-        raise ValueError("steps must be >= 1 and lr > 0")
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown tuned-lens recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    d_steps, d_lr = RECIPE_DEFAULTS[recipe]
+    steps = d_steps if steps is None else steps
+    lr = d_lr if lr is None else lr
+    if steps < (0 if recipe == "fit" else 1) or lr <= 0:
+        raise ValueError("steps must be >= 1 (>= 0 for recipe 'fit') and lr > 0")
     batches = _batches(token_batches)
     torch.manual_seed(seed)
-    rng = random.Random(seed)
     gen = torch.Generator().manual_seed(seed)
     lens = new_tuned_lens(model)
+    if recipe == "fit":
+        H, R = collect_states(model, batches, fit_tokens, seed)
+        fit_translators(lens, H, R, ridge)
+        lens.train_log = _kl_steps(model, lens, H, R, steps, lr, weight_decay, max_tokens, gen, progress)
+        lens.eval()
+        return lens
+    rng = random.Random(seed)
     params = [p for p in lens.layer_translators.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     layers = range(_bridge.num_layers(model))
@@ -137,6 +274,8 @@ def train_tuned_lens(model, token_batches: Iterable, steps: int = 100, lr: float
         kls = _layer_kls(model, lens, ids, mask, layers, backward=True, max_tokens=max_tokens, gen=gen)
         opt.step()
         log.append(float(kls.mean()))
+        if progress is not None:
+            progress(len(log), steps)
     lens.train_log = log
     lens.eval()
     return lens
@@ -233,24 +372,34 @@ def data_fingerprint(token_batches: Iterable) -> str:
     return h.hexdigest()
 
 
-def cached_tuned_lens(model, checkpoint_dir, token_batches: Iterable, steps: int = 100,
-                      lr: float = 1e-3, seed: int = 0, max_tokens: int | None = 128):
+def cached_tuned_lens(model, checkpoint_dir, token_batches: Iterable, steps: int | None = None,
+                      lr: float | None = None, seed: int = 0, max_tokens: int | None = 128,
+                      recipe: str = "fit", fit_tokens: int | None = FIT_TOKENS, ridge: float = RIDGE):
     """Load the lens saved next to a checkpoint (`<checkpoint_dir>/tuned_lens/`) if it was
-    trained with the same data, steps, lr, seed and unembedding; otherwise train and save it.
+    trained with the same data, recipe and its settings, seed and unembedding; otherwise train
+    it (`train_tuned_lens`, same arguments) and save it.
     """
     batches = _batches(token_batches)
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown tuned-lens recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    d_steps, d_lr = RECIPE_DEFAULTS[recipe]
+    steps, lr = (d_steps if steps is None else steps), (d_lr if lr is None else lr)
+    settings = {"steps": steps, "lr": lr, "seed": seed, "max_tokens": max_tokens}
+    if recipe != "sgd":  # the "sgd" key is the key lenses had before recipes: they stay valid
+        settings.update(recipe=recipe, fit_tokens=fit_tokens, ridge=ridge)
     key = hashlib.sha256(json.dumps({
-        "data": data_fingerprint(batches), "steps": steps, "lr": lr, "seed": seed, "max_tokens": max_tokens,
+        "data": data_fingerprint(batches), **settings,
         "unembed": make_unembed(model).unembedding_hash()}, sort_keys=True).encode()).hexdigest()
     target = Path(checkpoint_dir) / "tuned_lens"
     if (target / CONFIG).exists():
         meta = json.loads((target / CONFIG).read_text()).get("meta", {})
         if meta.get("key") == key:
             return load_tuned_lens(model, target)
-    lens = train_tuned_lens(model, batches, steps=steps, lr=lr, seed=seed, max_tokens=max_tokens)
+    lens = train_tuned_lens(model, batches, steps=steps, lr=lr, seed=seed, max_tokens=max_tokens, recipe=recipe,
+                            fit_tokens=fit_tokens, ridge=ridge)
     tmp = target.with_name(f"tuned_lens.tmp{os.getpid()}")
-    save_tuned_lens(lens, tmp, meta={"key": key, "steps": steps, "lr": lr, "seed": seed,
-                                     "final_train_kl": lens.train_log[-1]})
+    save_tuned_lens(lens, tmp, meta={"key": key, **settings, "recipe": recipe,
+                                     "final_train_kl": lens.train_log[-1] if lens.train_log else None})
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)  # atomic: a reader never sees half a lens
