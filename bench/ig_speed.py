@@ -15,11 +15,23 @@ process (interleaved per repeat, so load on a shared machine hits them alike):
   captum-ibs20  the same with all 20 steps in one forward (captum's own batching)
   fast          `ig_word_scores(...)` with its defaults: the fixed prefix's KV cache computed
                 once, steps of several examples per forward over the rationale + label only
+  fast-rows60   the same with 60 (example, step) rows per forward instead of 20 (a larger
+                internal batch: three examples' steps in one forward at 20 steps)
 
 Printed: seconds per example (min / median over repeats), the speed-up of each method over
 `captum` (min / median of per-repeat ratios), and against `captum` the max |word score|
 difference, the same relative to the example's max |word score|, the max difference of f(x)
 and f(baseline) and of delta; plus whether the top-1 word is the same for every example.
+
+--rules [--rule-steps 4 8 16 32] [--ref-steps 200]: no timing; the quadrature rules at equal
+step counts instead. Reference: Gauss-Legendre with --ref-steps steps (fast path). For each rule
+(captum's `gausslegendre` and `riemann_trapezoid`, through `ig_word_scores(rule=...)`) and step
+count: the error of each example's word scores against the reference, max |diff| / max |ref
+score| (median and max over examples), top-1 agreement (share of examples with the reference's
+top word) and top-3 overlap (mean |top-3 ∩ reference top-3| / 3), and the median relative
+convergence delta. captum's trapezoid step sizes sum to 1 - 1/steps (not 1), a uniform shrink of
+every score by that factor: rankings do not see it, the error column does; the `trapezoid x
+n/(n-1)` rows undo it (the textbook trapezoid rule) to show the rule's own error.
 """
 from __future__ import annotations
 
@@ -39,7 +51,45 @@ METHODS = {
     "captum": dict(method="captum", internal_batch_size=10),
     "captum-ibs20": dict(method="captum", internal_batch_size=20),
     "fast": dict(method="fast"),
+    "fast-rows60": dict(method="fast", internal_batch_size=60),
 }
+
+
+def rules(model, tok, items, args) -> None:
+    """--rules: quadrature error and top-k agreement against a many-step Gauss-Legendre reference."""
+    from common import emit, figure
+    from interp.attribution import ig_word_scores, summarize
+
+    def run(rule, steps):
+        return ig_word_scores(model, tok, items, baseline=args.baseline, steps=steps, sep=SEP, rule=rule)
+
+    t0 = time.perf_counter()
+    ref = run("gausslegendre", args.ref_steps)
+    print(f"reference: gausslegendre, {args.ref_steps} steps ({time.perf_counter() - t0:.0f} s), median relative "
+          f"delta {summarize(ref)['median_rel_delta']:.4f}", flush=True)
+    print("\n| rule | steps | error: max abs diff / max abs ref score (median / max over examples) | top-1 agreement "
+          "| top-3 overlap | median rel. delta |")
+    print("|---|---|---|---|---|---|")
+    figs, runs = [], {}
+    for rule, name, scale in (("gausslegendre", "gausslegendre", None), ("riemann_trapezoid", "riemann_trapezoid", None),
+                              ("riemann_trapezoid", "trapezoid x n/(n-1)", True)):
+        for steps in args.rule_steps:
+            res = runs[rule, steps] = runs.get((rule, steps)) or run(rule, steps)
+            f = steps / (steps - 1) if scale else 1.0
+            err = [max(abs(f * u - v) for u, v in zip(r.word_scores, q.word_scores)) / max(map(abs, q.word_scores))
+                   for r, q in zip(res, ref)]
+            top1 = statistics.fmean(r.top_words(1) == q.top_words(1) for r, q in zip(res, ref))
+            top3 = statistics.fmean(len(set(r.top_words(3)) & set(q.top_words(3))) / min(3, len(q.words))
+                                    for r, q in zip(res, ref))
+            rel = summarize(res)["median_rel_delta"]
+            print(f"| {name} | {steps} | {statistics.median(err):.2e} / {max(err):.2e} | {top1:.2f} | {top3:.2f} | "
+                  f"{rel:.4f} |", flush=True)
+            if not scale:
+                figs.append(figure(f"{rule}, {steps} steps: median error vs {args.ref_steps}-step reference",
+                                   statistics.median(err), ""))
+                figs.append(figure(f"{rule}, {steps} steps: top-1 agreement", top1, ""))
+    emit("ig_speed", figs, mode="rules", n=len(items), baseline=args.baseline, ref_steps=args.ref_steps,
+         rule_steps=args.rule_steps, threads=torch.get_num_threads(), shots=args.shots)
 
 
 def main() -> None:
@@ -53,6 +103,9 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--rules", action="store_true", help="compare quadrature rules against a reference (no timing)")
+    ap.add_argument("--rule-steps", type=int, nargs="+", default=[4, 8, 16, 32])
+    ap.add_argument("--ref-steps", type=int, default=200)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,6 +123,9 @@ def main() -> None:
     print(f"SmolLM2-135M-Instruct fp32, {torch.get_num_threads()} torch threads, {len(items)} examples "
           f"(prompt + rationale {min(n_tok)}-{max(n_tok)} tokens, {args.shots} shots), baseline {args.baseline}, {args.steps} steps",
           flush=True)
+
+    if args.rules:
+        return rules(model, tok, items, args)
 
     def run(m):
         return ig_word_scores(model, tok, items, baseline=args.baseline, steps=args.steps, sep=SEP, **METHODS[m])

@@ -260,6 +260,8 @@ def _label_logprob_fn(model, label_ids: torch.Tensor):
 
 
 METHODS = ("fast", "captum")
+# Quadrature rules along the path, named as captum names them (`attribute(method=...)`).
+RULES = ("gausslegendre", "riemann_trapezoid")
 
 
 def gauss_legendre(steps: int) -> tuple[list[float], list[float]]:
@@ -269,6 +271,21 @@ def gauss_legendre(steps: int) -> tuple[list[float], list[float]]:
 
     x, w = np.polynomial.legendre.leggauss(steps)
     return (0.5 * (1 + x)).tolist(), (0.5 * w).tolist()
+
+
+def quadrature(rule: str, steps: int) -> tuple[list[float], list[float]]:
+    """(alphas, weights) of `rule` with `steps` nodes on [0, 1], as captum builds them:
+    "gausslegendre" (`gauss_legendre`) or "riemann_trapezoid" (alphas = linspace(0, 1, steps),
+    weights 1/steps with the two end weights halved: captum's step sizes, which sum to
+    1 - 1/steps, not 1; steps >= 2)."""
+    if rule == "gausslegendre":
+        return gauss_legendre(steps)
+    if steps < 2:
+        raise ValueError("riemann_trapezoid needs steps >= 2 (it evaluates both ends of the path)")
+    w = [1 / steps] * steps
+    w[0] /= 2
+    w[-1] /= 2
+    return torch.linspace(0, 1, steps).tolist(), w
 
 
 @dataclass
@@ -349,9 +366,9 @@ def _passes(prep: list[_Prepared], steps: int, rows: int) -> list[list[tuple[int
     return out
 
 
-def _ig_fast(model, prep: list[_Prepared], base_id: int, steps: int, rows: int):
+def _ig_fast(model, prep: list[_Prepared], base_id: int, steps: int, rows: int, rule: str = "gausslegendre"):
     """Hand-written layer IG on the input embeddings, equal to captum's `LayerIntegratedGradients`
-    (Gauss-Legendre rule, attribution = (x - b) * sum_k w_k grad f(b + alpha_k (x - b))) up to
+    (attribution = (x - b) * sum_k w_k grad f(b + alpha_k (x - b)), alphas and weights of `rule`) up to
     float rounding, but much cheaper:
 
     * the prefix ids[:r0] (question, everything before the rationale) is identical at every
@@ -367,7 +384,7 @@ def _ig_fast(model, prep: list[_Prepared], base_id: int, steps: int, rows: int):
     emb = model.get_input_embeddings()
     device = emb.weight.device
     cache_kw, keep_ok = _cache_io(model)
-    alphas, wts = gauss_legendre(steps)
+    alphas, wts = quadrature(rule, steps)
     with torch.no_grad():
         x_s, b_s, d_s = [], [], []  # suffix input, baseline and input - baseline per item: [S, D]
         for p in prep:
@@ -447,7 +464,8 @@ def _ig_fast(model, prep: list[_Prepared], base_id: int, steps: int, rows: int):
     return out
 
 
-def _ig_captum(model, prep: list[_Prepared], base_id: int, steps: int, internal_batch_size: int):
+def _ig_captum(model, prep: list[_Prepared], base_id: int, steps: int, internal_batch_size: int,
+               rule: str = "gausslegendre"):
     """The reference: captum `LayerIntegratedGradients` on the embedding, one item at a time."""
     from captum.attr import LayerIntegratedGradients
 
@@ -461,7 +479,7 @@ def _ig_captum(model, prep: list[_Prepared], base_id: int, steps: int, internal_
             fwd = _label_logprob_fn(model, p.label_ids)
             lig = LayerIntegratedGradients(fwd, emb)
             attr, delta = lig.attribute(ids, baselines=base, n_steps=steps, internal_batch_size=internal_batch_size,
-                                        return_convergence_delta=True)  # attr [1, seq, d_model]
+                                        method=rule, return_convergence_delta=True)  # attr [1, seq, d_model]
             with torch.no_grad():
                 fx, fb = fwd(ids).item(), fwd(base).item()
             out.append((attr[0].sum(-1).double().cpu(), fx, fb, float(delta.item())))
@@ -470,7 +488,7 @@ def _ig_captum(model, prep: list[_Prepared], base_id: int, steps: int, internal_
 
 def ig_word_scores(model, tok, items: Sequence[IGItem], *, baseline: str = "zero", steps: int = 20,
                    internal_batch_size: int = 20, sep: str = "\nAnswer:", method: str = "fast",
-                   min_gap: float = DEGENERATE_GAP) -> list[IGResult]:
+                   min_gap: float = DEGENERATE_GAP, rule: str = "gausslegendre") -> list[IGResult]:
     """Integrated-Gradients scores of each item's rationale words for the gold label's log-prob.
 
     model: a HF causal LM (its forward must accept `inputs_embeds`, `position_ids`, a KV cache
@@ -485,6 +503,8 @@ def ig_word_scores(model, tok, items: Sequence[IGItem], *, baseline: str = "zero
     interpolation steps of one item for "captum"; results do not depend on it beyond rounding.
     min_gap: an item with |f(x) - f(baseline)| < min_gap nats is flagged `degenerate` (its
     scores sum to ~0 and their order is noise; see DEGENERATE_GAP).
+    rule: the quadrature along the path, "gausslegendre" (captum's default) or
+    "riemann_trapezoid" (see `quadrature`; bench/ig_speed.py --rules compares them).
     """
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
@@ -494,6 +514,10 @@ def ig_word_scores(model, tok, items: Sequence[IGItem], *, baseline: str = "zero
         raise ValueError(f"internal_batch_size must be a positive integer, not {internal_batch_size!r}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; choose one of {', '.join(RULES)}")
+    if rule == "riemann_trapezoid" and steps < 2:
+        raise ValueError("steps must be >= 2 for rule 'riemann_trapezoid' (it evaluates both ends of the path)")
     if not min_gap >= 0:
         raise ValueError(f"min_gap must be a non-negative number of nats, not {min_gap!r}")
     for it in items:
@@ -508,9 +532,9 @@ def ig_word_scores(model, tok, items: Sequence[IGItem], *, baseline: str = "zero
         return []
     with _frozen(model):
         if method == "fast":
-            raw = _ig_fast(model, prep, base_id, steps, internal_batch_size)
+            raw = _ig_fast(model, prep, base_id, steps, internal_batch_size, rule)
         else:
-            raw = _ig_captum(model, prep, base_id, steps, internal_batch_size)
+            raw = _ig_captum(model, prep, base_id, steps, internal_batch_size, rule)
     results = []
     for it, p, (tok_all, fx, fb, d) in zip(items, prep, raw):
         word = (p.weights * tok_all[:, None]).sum(0)  # [n_words]
@@ -524,7 +548,7 @@ def ig_word_scores(model, tok, items: Sequence[IGItem], *, baseline: str = "zero
             rel_delta=None if rel is None or math.isnan(rel) else float(rel),
             baseline=baseline, steps=steps,
             meta={"n_tokens": int(p.ids.shape[0]), "n_label_tokens": int(p.label_ids.numel()), "method": method,
-                  "min_gap": min_gap},
+                  "min_gap": min_gap, "rule": rule},
             gap=gap, degenerate=bool(abs(gap) < min_gap)))
     return results
 

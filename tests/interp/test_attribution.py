@@ -153,6 +153,18 @@ def test_fast_equals_captum_per_example(model, tok, baseline):
     assert ig_word_scores(model, tok, MIXED[:1], steps=2)[0].meta["method"] == "fast"
 
 
+def test_fast_equals_captum_trapezoid_rule(model, tok):
+    """rule="riemann_trapezoid": the fast path uses captum's trapezoid nodes and step sizes (ends
+    of the path included, weights summing to 1 - 1/steps), so it matches captum called with
+    method="riemann_trapezoid" and differs from the Gauss-Legendre scores."""
+    ref = ig_word_scores(model, tok, MIXED, baseline="pad", steps=9, method="captum", rule="riemann_trapezoid")
+    got = ig_word_scores(model, tok, MIXED, baseline="pad", steps=9, internal_batch_size=7, rule="riemann_trapezoid")
+    _close(ref, got)
+    assert got[0].meta["rule"] == "riemann_trapezoid"
+    gl = ig_word_scores(model, tok, MIXED, baseline="pad", steps=9)
+    assert max(abs(u - v) for u, v in zip(gl[0].token_scores, got[0].token_scores)) > 1e-4
+
+
 def test_fast_equals_captum_grouped_query_attention(tok):
     """SmolLM2 shares keys/values across heads (GQA): the expanded prefix cache stays exact."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -196,6 +208,8 @@ def test_json_round_trip_and_summary(model, tok):
     (dict(steps=0), "steps"),
     (dict(internal_batch_size=0), "internal_batch_size"),
     (dict(method="riemann"), "unknown method"),
+    (dict(rule="riemann_left"), "unknown rule"),
+    (dict(rule="riemann_trapezoid", steps=1), "steps must be >= 2"),
 ])
 def test_bad_arguments(model, tok, kwargs, msg):
     with pytest.raises(ValueError, match=msg):
