@@ -11,6 +11,9 @@ gold minus the mean of the distractors: `interp.dla`'s definition) is read off i
 
     restored = (patched - corrupted) / (clean - corrupted)
 
+(per example, or on the means: `restored_mean`; `restored_projection` projects each example's
+shift on its own gap, which stays defined when the runs differ per example but not on average).
+
 Site kinds (TransformerLens bridge hook names; row i of `resid` is the lens convention):
   resid  L+1 rows: row 0 the embeddings (`blocks.0.hook_resid_pre`), row i block i-1's output
          (`blocks.{i-1}.hook_resid_post`).
@@ -84,6 +87,43 @@ class PatchResult:
         (mean clean - mean corrupted); steadier than averaging per-example ratios."""
         gap = self.clean.mean() - self.corrupted.mean()
         return (self.patched[site].mean(0) - self.corrupted.mean()) / gap
+
+    def restored_projection(self, site: str, eps: float = 1e-12) -> torch.Tensor:
+        """[rows] the per-example shifts projected on the per-example gaps (least squares):
+        sum_b (patched_b - corrupted_b)(clean_b - corrupted_b) / sum_b (clean_b - corrupted_b)^2.
+        1 when the patch moves every example all the way to the clean run, 0 when it moves none;
+        a patch that moves each example a share a of its own gap gives a. Unlike
+        `restored_mean` it stays defined when the runs differ example by example but not on
+        average (two students that disagree per question, both at chance); NaN when every gap is
+        ~0 (sum of squares < eps)."""
+        gap = (self.clean - self.corrupted).double()
+        shift = self.patched[site].double() - self.corrupted.double()[:, None]
+        ss = (gap ** 2).sum()
+        out = (shift * gap[:, None]).sum(0) / ss
+        return out.masked_fill(ss < eps, float("nan"))
+
+    def restored_ci(self, site: str, stat: str = "projection", level: float = 0.95, n_boot: int = 2000,
+                    seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(point, lo, hi), each [rows]: `restored_projection` (stat "projection") or
+        `restored_mean` ("mean") and its percentile bootstrap CI, examples resampled whole
+        (`n_boot` draws, torch generator `seed`)."""
+        if stat not in ("projection", "mean"):
+            raise ValueError(f"stat must be 'projection' or 'mean', not {stat!r}")
+        if not 0 < level < 1:
+            raise ValueError(f"level must lie in (0, 1), not {level!r}")
+        B = self.clean.shape[0]
+        idx = torch.randint(0, B, (n_boot, B), generator=torch.Generator().manual_seed(seed))
+        clean, bad, x = self.clean.double()[idx], self.corrupted.double()[idx], self.patched[site].double()[idx]
+        gap, shift = clean - bad, x - bad[..., None]  # [n_boot, B], [n_boot, B, rows]
+        if stat == "projection":
+            draws = (shift * gap[..., None]).sum(1) / (gap ** 2).sum(1, keepdim=True)
+            point = self.restored_projection(site)
+        else:
+            draws = shift.mean(1) / gap.mean(1, keepdim=True)
+            point = self.restored_mean(site).double()
+        q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+        lo, hi = torch.nanquantile(draws, q, dim=0)
+        return point, lo, hi
 
 
 def activation_patching(model, contexts, choices, gold=0, *, corrupted_contexts=None, corrupted_model=None,

@@ -61,6 +61,8 @@ def test_two_models_that_differ_in_block_k(tok, arch, k):
     assert m.shape == (4, 4) and exact(m[:, :k], 0.0) and exact(m[:, k], 1.0)
     assert exact(res.restored("attn")[:, :k + 1], 0.0)  # attention up to block k reads identical input
     assert exact(res.restored_mean("resid")[k + 1:], 1.0)
+    proj = res.restored_projection("resid")
+    assert exact(proj[:k + 1], 0.0) and exact(proj[k + 1:], 1.0)
     # The runs' own differences are DLA's logit differences.
     assert (res.clean - direct_logit_attribution(clean, ctxs, chs, gold).logit_diff).abs().max() < TOL
     assert (res.corrupted - direct_logit_attribution(bad, ctxs, chs, gold).logit_diff).abs().max() < TOL
@@ -124,3 +126,34 @@ def test_restored_nan_where_nothing_differs_and_bad_input(tok):
     other = tiny_model(tok, arch="gpt2", layers=3, d_model=16, heads=2)
     with pytest.raises(ValueError, match="differ in shape"):
         activation_patching(model, ctx, chs, 0, corrupted_model=other)
+
+
+def test_restored_projection_when_the_runs_differ_per_example_but_not_on_average():
+    """Gaps +2, -2, +1, -1 (mean 0: `restored_mean` divides by 0). A patch that moves each example
+    by a share a of its own gap gives a exactly, and its bootstrap CI collapses on a; one that
+    moves the examples away from the clean run gives a negative share; noise averages out."""
+    clean, bad = torch.tensor([2.0, -2.0, 1.0, -1.0]), torch.zeros(4)
+    gap = clean - bad
+    a = torch.tensor([0.0, 0.25, 1.0, -0.5])
+    res = PatchResult(clean=clean, corrupted=bad, patched={"resid": bad[:, None] + gap[:, None] * a[None]},
+                      positions="label", gold=torch.zeros(4, dtype=torch.long))
+    assert not torch.isfinite(res.restored_mean("resid")).any()
+    assert res.restored_projection("resid").tolist() == pytest.approx(a.tolist())
+    point, lo, hi = res.restored_ci("resid")
+    assert point.tolist() == pytest.approx(a.tolist()) and lo.tolist() == pytest.approx(a.tolist())
+    assert hi.tolist() == pytest.approx(a.tolist())
+    # by hand: shifts (1, 0, 0, 0) against gaps (2, -2, 1, -1): 2 / 10
+    one = PatchResult(clean=clean, corrupted=bad, patched={"mlp": torch.tensor([[1.0], [0.0], [0.0], [0.0]])},
+                      positions="label", gold=torch.zeros(4, dtype=torch.long))
+    assert one.restored_projection("mlp").tolist() == pytest.approx([0.2])
+    point, lo, hi = one.restored_ci("mlp", n_boot=500)
+    assert lo[0] <= point[0] <= hi[0] and hi[0] > lo[0]
+    same = PatchResult(clean=bad, corrupted=bad, patched={"resid": torch.ones(4, 2)}, positions="label",
+                       gold=torch.zeros(4, dtype=torch.long))
+    assert torch.isnan(same.restored_projection("resid")).all()
+    with pytest.raises(ValueError, match="stat"):
+        res.restored_ci("resid", stat="median")
+    mean_point, _, _ = PatchResult(clean=torch.tensor([2.0, 1.0]), corrupted=torch.zeros(2),
+                                   patched={"resid": torch.tensor([[1.0], [0.0]])}, positions="label",
+                                   gold=torch.zeros(2, dtype=torch.long)).restored_ci("resid", stat="mean")
+    assert mean_point.tolist() == pytest.approx([1 / 3])  # (0.5 - 0) / (1.5 - 0)
