@@ -9,7 +9,8 @@ averages. No model, tokenizer or dataset is loaded and torch is never imported:
     train    6·N·tokens                   forward + backward (LoRA: 4·N, no base weight gradients)
     eval     2·N·tokens                   forward passes (rank: context once + every choice;
                                           generate: prompt + max_new_tokens, an upper bound)
-    probe    2·N·tokens                   lens forward passes (+ tuned_steps batches of 8)
+    probe    2·N·tokens                   lens forward passes (+ the tuned lens's fit pool and
+                                          tuned_steps batches of 8)
     dla, attention  2·N·tokens            one forward pass over the probe's contexts
     patch    2·N·tokens·(3·L + 3)         both runs, then one patched run per residual row,
                                           attention and MLP output (L blocks: a tiny
@@ -32,6 +33,10 @@ from .jobs.stages import IG_STEPS
 from .jobs.types import (STAGES, AttentionJob, DataJob, DlaJob, EvalJob, Job, PatchJob, ProbeJob, RankJob, RenderJob,
                          SampleJob, TeacherJob, TrainJob, student_params)
 from .spec import Call, Condition, Experiment, Lit, Ref, Source, Student, Task, Teacher
+
+# interp.tuned.FIT_TOKENS: the tuned lens's fit pool (not imported: estimating loads no torch;
+# tests/test_estimate.py checks the two agree)
+FIT_POOL = 4096
 
 
 # ---- device classes ---------------------------------------------------------------------------
@@ -315,7 +320,8 @@ def _cost(job: Job, exp: Experiment, sizes: dict[str, Sized], data_of: dict[str,
     else:  # ProbeJob
         tok = min(job.probe.examples, n_test) * context_tokens(job.condition, p)
         if "tuned" in job.probe.lenses:
-            tok += job.probe.tuned_steps * 8 * task_tokens(job.condition.tasks[0], p, exp.train.max_len)
+            # the fit's pool of training tokens (one body forward), then the KL steps' batches
+            tok += FIT_POOL + job.probe.tuned_steps * 8 * task_tokens(job.condition.tasks[0], p, exp.train.max_len)
     return JobCost(job, tok, 2 * n * tok, "2N")
 
 

@@ -322,7 +322,7 @@ def show(path: Path, *, target: str, n: int = 3, seed: int | None = None, consol
 
 def probe(target_dir: Path | None = None, *, checkpoint: Path | None = None, data: Path | None = None,
           target: str = "label", lenses: tuple[str, ...] = ("logit",), n: int = 64, seed: int = 0,
-          tuned_steps: int = 100, console: Console | None = None, png: bool = True,
+          tuned_steps: int = 20, console: Console | None = None, png: bool = True,
           quantity: str = "choice", mech: tuple[str, ...] = ()) -> int:
     """The layerwise report of a finished run (`target_dir`), or of any checkpoint on a data file.
 

@@ -181,3 +181,11 @@ def test_estimate_does_not_import_torch():
                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_fit_pool_is_the_tuned_lens_fit_tokens():
+    # estimate.py copies the constant so that `plan --estimate` imports no torch
+    from cotdsl.estimate import FIT_POOL
+    from interp.tuned import FIT_TOKENS
+
+    assert FIT_POOL == FIT_TOKENS
