@@ -121,6 +121,9 @@ class PeakRss:
     def read(self) -> dict:
         """{"peak_rss_bytes", "peak_rss_scope", "rss_start_bytes"[, "peak_rss_children_bytes"]}."""
         peak = _status_kib("VmHWM") if self.scope == "job" else None
+        # the kernel's RSS counters are per-CPU and synced lazily, so a peak read right after the
+        # reset can trail the start's VmRSS by a few hundred KiB: the peak is at least the start
+        peak = max(peak, self.start or 0) if peak else None
         out = {"peak_rss_bytes": peak or _maxrss(), "peak_rss_scope": self.scope,
                "rss_start_bytes": self.start}
         children = _maxrss(children=True)
