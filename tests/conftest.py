@@ -35,7 +35,11 @@ def plugin_dir(tmp_path, monkeypatch):
     perturb.REGISTRY.update(saved)
     for name in set(sys.modules) - mods:  # not torch & co. that a test imported first
         m = sys.modules[name]
-        where = [getattr(m, "__file__", None) or "", *(getattr(m, "__path__", None) or [])]
+        try:
+            path = list(getattr(m, "__path__", None) or [])
+        except TypeError:  # torch.classes: a __path__ that is not iterable
+            path = []
+        where = [getattr(m, "__file__", None) or "", *path]
         if any(str(tmp_path) in str(w) for w in where):
             del sys.modules[name]
 
